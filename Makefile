@@ -1,0 +1,52 @@
+# Fresh machine to working voicebot: `make demo` or `make test`. Every step is idempotent and skips work
+# already done (stamps in .venv/, verified model checksums), so a second run is quick.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# CPU build of torch: an unpinned torch pulls a multi-GB CUDA build (see README).
+TORCH_SPEC ?= torch==2.13.0
+LLAMA_SPEC ?= llama-cpp-python==0.3.36
+# AMX-free flags: the -march=native build segfaults in ggml_backend_amx_mul_mat on CPUs that advertise AMX.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+PROFILE ?= embedded
+
+.PHONY: install models demo test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	$(PIP) install "$(TORCH_SPEC)"
+	touch $@
+
+$(VENV)/.llama: | $(VENV)/.torch
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "$(LLAMA_SPEC)"
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.llama
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+models: install
+	$(BIN)/voicebot models fetch --profile $(PROFILE)
+
+demo: models
+	$(BIN)/python -m voicebot.demo
+
+test: models
+	$(BIN)/pytest -q
+
+bench: models
+	$(BIN)/voicebot bench
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Twilio telephony: the Media Streams WebSocket server, TwiML, signatures and REST call control."""

@@ -1,0 +1,180 @@
+"""Settings: one object, read from a TOML file and `VOICEBOT_*` environment variables.
+
+Each section is a dataclass; a TOML table `[section]` sets its fields and `VOICEBOT_SECTION_FIELD` overrides
+them (e.g. `VOICEBOT_SERVER_PORT=8080`). A few well-known names are honoured too: `VOICEBOT_MODELS_DIR`,
+`VOICEBOT_PUBLIC_URL`, `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`. Unknown keys are errors, so a typo in the
+config file is caught at start-up instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.fetch import default_models_dir
+
+SECRET_FIELDS = {("server", "twilio_auth_token")}
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the file or variable and the value at fault."""
+
+
+@dataclass
+class ModelSettings:
+    profile: str = "embedded"
+    dir: Path = field(default_factory=default_models_dir)
+    threads: int = 2
+    # Optional local paths that replace the manifest's artifact for a role (e.g. your own Piper voice).
+    llm_path: Path | None = None
+    stt_path: Path | None = None
+    tts_path: Path | None = None
+    embedder_path: Path | None = None
+
+
+@dataclass
+class DialogSettings:
+    company_name: str = "Northwind Shop"
+    tone: str = "friendly, calm and brief"
+    kb_path: Path | None = None
+    history_turns: int = 10
+    llm_max_tokens: int = 80
+    llm_context: int = 2048
+
+
+@dataclass
+class VoiceSettings:
+    language: str = "en"
+
+
+@dataclass
+class StoreSettings:
+    url: str = "sqlite:///var/voicebot.db"
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    human_number: str = ""
+    max_calls: int = 4
+    insecure: bool = False
+
+
+@dataclass
+class Settings:
+    models: ModelSettings = field(default_factory=ModelSettings)
+    dialog: DialogSettings = field(default_factory=DialogSettings)
+    voice: VoiceSettings = field(default_factory=VoiceSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    def display(self) -> dict[str, dict[str, object]]:
+        """The settings as plain data with secrets masked, for `--print-config` and logs."""
+        out: dict[str, dict[str, object]] = {}
+        for section in dataclasses.fields(self):
+            values = dataclasses.asdict(getattr(self, section.name))
+            for key, value in values.items():
+                if (section.name, key) in SECRET_FIELDS and value:
+                    values[key] = "***" + str(value)[-2:] if len(str(value)) > 8 else "***"
+                elif isinstance(value, Path):
+                    values[key] = str(value)
+            out[section.name] = values
+        return out
+
+
+ALIASES = {
+    "VOICEBOT_MODELS_DIR": ("models", "dir"),
+    "VOICEBOT_PUBLIC_URL": ("server", "public_url"),
+    "TWILIO_ACCOUNT_SID": ("server", "twilio_account_sid"),
+    "TWILIO_AUTH_TOKEN": ("server", "twilio_auth_token"),
+}
+
+
+def _coerce(value: object, annotation: object, where: str) -> object:
+    """Turn a TOML or environment value into the field's declared type."""
+    hint = annotation
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if optional and value in ("", None):
+        return None
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is Path:
+            return Path(str(value)).expanduser()
+        if hint is str:
+            return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(hint, '__name__', hint)}: {exc}") from exc
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")
+
+
+def _set(settings: Settings, section: str, key: str, value: object, where: str) -> None:
+    target = getattr(settings, section, None)
+    if target is None or not dataclasses.is_dataclass(target):
+        raise ConfigError(f"{where}: unknown section [{section}]; known: {', '.join(_sections())}")
+    hints = typing.get_type_hints(type(target))
+    if key not in hints:
+        raise ConfigError(f"{where}: unknown setting {section}.{key}; known: {', '.join(hints)}")
+    setattr(target, key, _coerce(value, hints[key], where))
+
+
+def _sections() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings)]
+
+
+def load_settings(path: Path | None = None, env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Build settings from defaults, then the TOML file (`path` or `VOICEBOT_CONFIG`), then the environment."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    path = path or (Path(env["VOICEBOT_CONFIG"]) if env.get("VOICEBOT_CONFIG") else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [section] table")
+            for key, value in table.items():
+                _set(settings, section, key, value, f"{path} [{section}] {key}")
+    sections = _sections()
+    for name, value in env.items():
+        if name in ALIASES:
+            section, key = ALIASES[name]
+        elif name.startswith("VOICEBOT_") and name != "VOICEBOT_CONFIG":
+            rest = name[len("VOICEBOT_") :].lower()
+            section = next((s for s in sections if rest.startswith(s + "_")), None)
+            if section is None:
+                continue  # other tools' variables share the prefix rarely; don't refuse them
+            key = rest[len(section) + 1 :]
+        else:
+            continue
+        _set(settings, section, key, value, f"environment variable {name}")
+    return settings

@@ -1,0 +1,102 @@
+"""Speech to text: faster-whisper (CTranslate2, int8 on CPU) with guards against text invented on silence.
+
+Whisper is known to "hear" stock phrases in silence and noise ("Thanks for watching!"). A transcript is
+dropped when the model itself says it is probably not speech, when it is one of those phrases, or when the
+audio is too quiet to hold speech at all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from voicebot.config import ModelSettings, VoiceSettings
+from voicebot.model_paths import model_path
+
+SAMPLE_RATE = 16_000
+SILENCE_PHRASES = frozenset(
+    {
+        "",
+        "you",
+        "thanks for watching",
+        "thank you for watching",
+        "thanks for listening",
+        "please subscribe",
+        "subscribe",
+        "uh",
+        "um",
+        "hmm",
+        "the end",
+        "music",
+        "applause",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SttOptions:
+    language: str = "en"
+    beam_size: int = 1
+    no_speech_threshold: float = 0.6  # drop when no_speech_prob is above this and confidence is low
+    logprob_threshold: float = -1.0
+    min_rms: float = 0.003  # float audio in [-1, 1]; quieter than this is line noise, not a caller
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    no_speech_prob: float
+    avg_logprob: float
+    rejected: str | None = None  # why the text was judged not to be speech, or None
+
+    @property
+    def usable(self) -> bool:
+        return self.rejected is None and bool(self.text)
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"[^a-z' ]+", "", text.lower()).strip()
+
+
+class WhisperTranscriber:
+    def __init__(self, folder, *, threads: int = 2, options: SttOptions | None = None) -> None:
+        from faster_whisper import WhisperModel
+
+        self.options = options or SttOptions()
+        self._model = WhisperModel(
+            str(folder), device="cpu", compute_type="int8", cpu_threads=threads, local_files_only=True
+        )
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcribe 16 kHz mono float32 audio in [-1, 1]."""
+        audio = np.asarray(audio, dtype=np.float32)
+        rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
+        if rms < self.options.min_rms:
+            return Transcript("", 1.0, 0.0, rejected=f"audio too quiet (rms {rms:.4f})")
+        segments, _info = self._model.transcribe(
+            audio,
+            language=self.options.language,
+            beam_size=self.options.beam_size,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+            temperature=0.0,
+        )
+        segments = list(segments)
+        text = " ".join(s.text.strip() for s in segments).strip()
+        no_speech = max((s.no_speech_prob for s in segments), default=1.0)
+        logprob = min((s.avg_logprob for s in segments), default=0.0)
+        rejected = None
+        if no_speech > self.options.no_speech_threshold and logprob < self.options.logprob_threshold:
+            rejected = f"probably not speech (no_speech_prob {no_speech:.2f}, avg_logprob {logprob:.2f})"
+        elif _normalise(text) in SILENCE_PHRASES:
+            rejected = f"stock phrase Whisper invents on silence: {text!r}"
+        return Transcript(text, no_speech, logprob, rejected)
+
+
+def load_transcriber(models: ModelSettings, voice: VoiceSettings) -> WhisperTranscriber:
+    return WhisperTranscriber(
+        model_path(models, "stt"), threads=models.threads, options=SttOptions(language=voice.language)
+    )

@@ -42,6 +42,12 @@ class DialogSettings:
     company_name: str = "Northwind Shop"
     tone: str = "friendly, calm and brief"
     kb_path: Path | None = None
+    # Retrieval routing (cosine similarity of the caller's words to the best KB question): at or above
+    # faq_threshold the KB answer is read out as written; between grounded_threshold and it, the LLM answers
+    # from the top_k entries; below, the LLM answers without inventing facts and offers a ticket or a human.
+    faq_threshold: float = 0.6
+    grounded_threshold: float = 0.4
+    top_k: int = 3
     history_turns: int = 10
     llm_max_tokens: int = 80
     llm_context: int = 2048

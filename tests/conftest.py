@@ -1,0 +1,43 @@
+"""Shared fixtures: the real embedded models, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from voicebot.config import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings from the environment (models from models/cache or VOICEBOT_MODELS_DIR)."""
+    return load_settings(env={k: v for k, v in os.environ.items() if k == "VOICEBOT_MODELS_DIR"})
+
+
+@pytest.fixture(scope="session")
+def embedder(settings):
+    from voicebot.embedder import load_embedder
+
+    return load_embedder(settings.models)
+
+
+@pytest.fixture(scope="session")
+def llm(settings):
+    from voicebot.llm import load_llm
+
+    return load_llm(settings.models, settings.dialog)
+
+
+@pytest.fixture(scope="session")
+def transcriber(settings):
+    from voicebot.stt import load_transcriber
+
+    return load_transcriber(settings.models, settings.voice)
+
+
+@pytest.fixture(scope="session")
+def synthesizer(settings):
+    from voicebot.tts import load_synthesizer
+
+    return load_synthesizer(settings.models)

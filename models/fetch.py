@@ -356,6 +356,12 @@ def download(
                     ) from exc
                 out.flush()
                 os.fsync(out.fileno())
+        received = partial.stat().st_size
+        if received < size:  # the server closed the connection early without an error
+            raise FetchError(
+                f"artifact {artifact!r}: download of {url} broke off at {received} of {size} bytes; the partial "
+                f"download is kept and resumes next time"
+            )
     actual = digest.hexdigest()
     if actual != sha256:
         partial.unlink()

@@ -24,7 +24,7 @@ class Embedder:
 
         torch.set_num_threads(threads)
         self._model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-        self.dimension = int(self._model.get_sentence_embedding_dimension())
+        self.dimension = int(self._model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Embed `texts` as an (n, dimension) float32 array of unit vectors."""

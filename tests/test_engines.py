@@ -1,0 +1,63 @@
+"""Each real embedded model does its job on a tiny input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from voicebot.llm import Message
+
+
+def test_piper_speaks_at_the_voice_sample_rate(synthesizer, settings):
+    from voicebot.model_paths import model_path
+
+    config = json.loads((model_path(settings.models, "tts") / "voice.onnx.json").read_text())
+    assert synthesizer.sample_rate == config["audio"]["sample_rate"] == 22_050
+    sentences = list(synthesizer.stream("Your order has shipped. It will arrive on Friday."))
+    assert [s.text for s in sentences] == ["Your order has shipped.", "It will arrive on Friday."]
+    for sentence in sentences:
+        seconds = len(sentence.audio) / synthesizer.sample_rate
+        assert sentence.audio.dtype == np.int16 and 0.5 < seconds < 4.0
+        assert np.abs(sentence.audio).max() > 3000, "speech, not silence"
+
+
+def test_whisper_transcribes_a_short_utterance(synthesizer, transcriber):
+    speech = synthesizer.synthesize("I would like to return my order.")
+    audio16k = resample_poly(speech.astype(np.float32) / 32768, 320, 441).astype(np.float32)
+    padded = np.concatenate([np.zeros(4000, np.float32), audio16k, np.zeros(4000, np.float32)])
+    transcript = transcriber.transcribe(padded)
+    assert transcript.usable, transcript.rejected
+    words = transcript.text.lower()
+    assert "return" in words and "order" in words
+
+
+def test_whisper_invents_nothing_on_silence_or_hum(transcriber):
+    rng = np.random.default_rng(0)
+    assert not transcriber.transcribe(np.zeros(16_000 * 2, np.float32)).usable
+    hiss = (rng.standard_normal(16_000 * 2) * 0.001).astype(np.float32)
+    assert not transcriber.transcribe(hiss).usable
+
+
+def test_llm_answers_a_one_line_prompt(llm):
+    reply = llm.complete(
+        [Message("system", "You answer in one short sentence."), Message("user", "What is two plus two?")],
+        max_tokens=24,
+        temperature=0.0,
+    )
+    assert "4" in reply or "four" in reply.lower()
+
+
+def test_llm_streams_pieces(llm):
+    pieces = list(llm.stream([Message("user", "Say hello.")], max_tokens=8, temperature=0.0))
+    assert len(pieces) >= 2 and "".join(pieces).strip()
+
+
+def test_embedder_ranks_a_paraphrase_above_an_unrelated_sentence(embedder):
+    query, paraphrase, unrelated = embedder.encode(
+        ["How do I send back something I bought?", "What is your returns policy?", "The train leaves at noon."]
+    )
+    assert embedder.dimension == 384
+    assert np.allclose(np.linalg.norm(query), 1.0, atol=1e-5)
+    assert float(query @ paraphrase) > float(query @ unrelated) + 0.2

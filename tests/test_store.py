@@ -1,0 +1,383 @@
+"""The store on real SQLite files: records, the JSON users read, durability across processes, failure messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from voicebot.store import (
+    SCHEMA_VERSION,
+    TICKET_ALPHABET,
+    SqliteStore,
+    StoreError,
+    TurnRecord,
+    mask_number,
+    new_call_id,
+    new_ticket_id,
+    open_store,
+    speak_ticket_id,
+)
+
+CALLER = "+15550100199"
+ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+LATENCY = {
+    "endpoint": 310,
+    "stt": 420,
+    "route": 6,
+    "llm_first_token": None,
+    "tts_first_audio": 0,
+    "first_audio_out": 745,
+}
+FAQ_TURN = TurnRecord(
+    index=0,
+    caller_text="how do i return something",
+    route="faq",
+    faq_id="returns",
+    reply_text="You can return unopened items within 7 days.",
+    interrupted=False,
+    state="consulting",
+    latency_ms=LATENCY,
+)
+TICKET_TURN = TurnRecord(
+    index=1,
+    caller_text="my parcel arrived broken",
+    route="ticket",
+    faq_id=None,
+    reply_text="I'm sorry, I've opened",  # cut where the caller barged in
+    interrupted=True,
+    state="complaint",
+    latency_ms={**LATENCY, "llm_first_token": 212.5},
+)
+
+
+def record_call(store, call_id: str = "CA" + "ab" * 16) -> str:
+    """A Twilio call with an FAQ turn, a complaint turn that opened a ticket, and a handoff."""
+    store.start_call(call_id, CALLER, "twilio")
+    store.record_turn(call_id, FAQ_TURN)
+    store.record_turn(call_id, TICKET_TURN)
+    store.create_ticket(call_id, CALLER, "damaged", "Parcel arrived broken, wants a replacement")
+    store.end_call(call_id, handoff_reason="caller asked for a human")
+    return call_id
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEBOT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "voicebot", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_call_turns_and_tickets_round_trip(tmp_path):
+    with open_store(f"sqlite:///{tmp_path}/calls.db") as store:
+        call_id = record_call(store)
+        [ticket] = store.tickets_for_call(call_id)
+        assert (ticket.call_id, ticket.caller, ticket.category, ticket.status) == (call_id, CALLER, "damaged", "open")
+        assert ISO_Z.fullmatch(ticket.created_at)
+        assert store.get_ticket(ticket.id) == ticket
+        assert store.get_ticket(" " + ticket.id.lower()) == ticket, "ids typed by a person match case-insensitively"
+        assert store.get_ticket("QQQQQQ") is None
+        assert store.list_tickets() == [ticket]
+        assert store.get_call("CAunknown") is None
+
+        # recording a turn again replaces it (a reply cut by a barge-in that came after it was saved)
+        store.record_turn(call_id, dataclasses.replace(TICKET_TURN, reply_text="I'm sorry"))
+        turns = store.get_call(call_id)["turns"]
+        assert [t["reply_text"] for t in turns] == [FAQ_TURN.reply_text, "I'm sorry"]
+
+        [listed] = store.list_calls()
+        assert "turns" not in listed
+        assert listed["turn_count"] == 2
+        assert listed["tickets"] == [ticket.id]
+        assert listed["caller"] == "+1555***0199"
+
+
+def test_get_call_has_the_documented_json_shape(tmp_path):
+    with open_store(str(tmp_path / "calls.db")) as store:
+        call_id = record_call(store)
+        call = store.get_call(call_id)
+        ticket_id = store.tickets_for_call(call_id)[0].id
+
+    call = json.loads(json.dumps(call))  # what --json prints must survive JSON unchanged
+    assert {"call_id", "caller", "started_at", "ended_at", "turns", "tickets", "handoff"} <= call.keys()
+    assert call["call_id"] == call_id
+    assert call["caller"] == "+1555***0199"
+    assert ISO_Z.fullmatch(call["started_at"]) and ISO_Z.fullmatch(call["ended_at"])
+    assert call["started_at"] <= call["ended_at"]
+    assert call["tickets"] == [ticket_id]
+    assert call["handoff"] == "caller asked for a human"
+    assert call["turns"][0] == {
+        "index": 0,
+        "caller_text": "how do i return something",
+        "route": "faq",
+        "faq_id": "returns",
+        "reply_text": "You can return unopened items within 7 days.",
+        "interrupted": False,
+        "state": "consulting",
+        "latency_ms": LATENCY,
+    }
+    assert call["turns"][1]["interrupted"] is True
+    assert call["turns"][1]["latency_ms"]["llm_first_token"] == 212.5
+
+
+def test_end_call_twice_keeps_the_first_end_and_reason(tmp_path):
+    with open_store(str(tmp_path / "calls.db")) as store:
+        call_id = record_call(store)
+        first = store.get_call(call_id)
+        store.end_call(call_id)  # e.g. the socket-closed cleanup after a transfer already ended it
+        again = store.get_call(call_id)
+    assert (again["ended_at"], again["handoff"]) == (first["ended_at"], "caller asked for a human")
+
+
+def test_unknown_call_channel_and_route_are_refused(tmp_path):
+    with open_store(str(tmp_path / "calls.db")) as store:
+        with pytest.raises(ValueError, match=r"CAnever.*start_call"):
+            store.record_turn("CAnever", FAQ_TURN)
+        with pytest.raises(ValueError, match="CAnever"):
+            store.create_ticket("CAnever", None, "other", "x")
+        with pytest.raises(ValueError, match="'sms'"):
+            store.start_call("CA1", None, "sms")
+        store.start_call("CA1", None, "chat")
+        with pytest.raises(ValueError, match="'smalltalk'"):
+            store.record_turn("CA1", TurnRecord(0, "hi", "smalltalk", None, "hello", False, "consulting", {}))
+        assert store.get_call("CA1")["turns"] == []
+
+
+def test_records_survive_a_new_process_reading_them_with_the_cli(tmp_path):
+    db = tmp_path / "nested" / "folder" / "voicebot.db"
+    with open_store(f"sqlite:///{db}") as store:
+        call_id = record_call(store)
+        ticket = store.tickets_for_call(call_id)[0]
+    assert db.is_file(), "parent folders are created"
+
+    listed = run_cli("tickets", "list", "--json", "--db", f"sqlite:///{db}")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert {k: row[k] for k in ("id", "call_id", "category", "summary", "status", "created_at")} == {
+        "id": ticket.id,
+        "call_id": call_id,
+        "category": "damaged",
+        "summary": "Parcel arrived broken, wants a replacement",
+        "status": "open",
+        "created_at": ticket.created_at,
+    }
+    assert CALLER not in listed.stdout
+
+    shown = run_cli("calls", "show", call_id, "--json", "--db", str(db))
+    assert shown.returncode == 0, shown.stderr
+    call = json.loads(shown.stdout)
+    assert call["tickets"] == [ticket.id]
+    assert [t["route"] for t in call["turns"]] == ["faq", "ticket"]
+    assert call["caller"] == "+1555***0199"
+
+    text = run_cli("calls", "show", call_id, "--db", str(db))
+    assert text.returncode == 0, text.stderr
+    assert "how do i return something" in text.stdout and "faq returns" in text.stdout
+    assert "first_audio_out 745" in text.stdout and CALLER not in text.stdout
+
+    calls = run_cli("calls", "list", "--json", "--db", str(db))
+    assert [c["call_id"] for c in json.loads(calls.stdout)] == [call_id]
+
+    ticket_text = run_cli("tickets", "show", ticket.id.lower(), "--db", str(db))
+    assert ticket_text.returncode == 0, ticket_text.stderr
+    assert speak_ticket_id(ticket.id) in ticket_text.stdout
+
+
+def test_cli_unknown_ids_exit_1_and_store_errors_exit_2(tmp_path):
+    db = tmp_path / "voicebot.db"
+    with open_store(str(db)) as store:
+        record_call(store)
+
+    missing_call = run_cli("calls", "show", "CAnope", "--db", str(db))
+    assert missing_call.returncode == 1
+    assert "CAnope" in missing_call.stderr and missing_call.stdout == ""
+    missing_ticket = run_cli("tickets", "show", "QQQQQQ", "--json", "--db", str(db))
+    assert missing_ticket.returncode == 1 and "QQQQQQ" in missing_ticket.stderr
+
+    typo = run_cli("calls", "list", "--db", str(tmp_path / "voicbot.db"))
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("voicebot: error:") and "voicbot.db does not exist" in typo.stderr
+    assert not (tmp_path / "voicbot.db").exists(), "reading must not create an empty store"
+    assert "Traceback" not in typo.stderr
+
+
+def test_ticket_ids_are_short_speakable_and_unique(tmp_path):
+    assert not set("0O1IL5S2Z8BUV") & set(TICKET_ALPHABET)
+    generated = [new_ticket_id() for _ in range(2000)]
+    assert all(len(t) == 6 and set(t) <= set(TICKET_ALPHABET) for t in generated)
+    assert len(set(generated)) > 1990, "random ids from 22**6 rarely collide"
+
+    with open_store(str(tmp_path / "calls.db")) as store:
+        store.start_call("CA1", CALLER, "twilio")
+        stored = [store.create_ticket("CA1", CALLER, "other", f"n{i}").id for i in range(2000)]
+    assert len(set(stored)) == 2000
+    assert all(re.fullmatch(f"[{TICKET_ALPHABET}]{{6}}", t) for t in stored)
+
+
+def test_speak_ticket_id_reads_one_character_at_a_time():
+    assert speak_ticket_id("K7MQX3") == "K, 7, M, Q, X, 3"
+    assert speak_ticket_id("k7mqx3") == "K, 7, M, Q, X, 3"
+
+
+def test_new_call_id_looks_like_a_twilio_call_sid():
+    ids = {new_call_id("chat"), new_call_id("replay"), new_call_id("mic")}
+    assert len(ids) == 3
+    assert all(re.fullmatch(r"CA[0-9a-f]{32}", i) for i in ids)
+    with pytest.raises(ValueError, match="Twilio"):
+        new_call_id("twilio")
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("+15550100199", "+1555***0199"),
+        ("+1 (555) 010-0199", "+1555***0199"),
+        ("+442079460958", "+44207***0958"),  # UK: two-digit country code
+        ("+4915123456789", "+49151***6789"),  # Germany mobile
+        ("+353861234567", "+353861***4567"),  # Ireland: three-digit country code
+        ("+1555123", "***"),  # too short to hide anything
+        ("15550100199", "***"),  # no + : not E.164, country code unknown
+        ("client:alice", "***"),
+        ("anonymous", "***"),
+        ("", "***"),
+        (None, "***"),
+    ],
+)
+def test_mask_number(number, masked):
+    assert mask_number(number) == masked
+
+
+def test_file_store_uses_wal_and_records_the_schema_version(tmp_path):
+    db = tmp_path / "calls.db"
+    with open_store(str(db)) as store:
+        store.start_call("CA1", CALLER, "twilio")
+        assert (tmp_path / "calls.db-wal").exists(), "an open store writes through the WAL"
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal", "WAL is persistent in the file"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"calls", "turns", "tickets"} <= tables
+        assert raw.execute("SELECT channel FROM calls WHERE call_id = 'CA1'").fetchone() == ("twilio",)
+    finally:
+        raw.close()
+
+
+def test_a_store_from_a_newer_voicebot_is_refused(tmp_path):
+    db = tmp_path / "calls.db"
+    open_store(str(db)).close()
+    raw = sqlite3.connect(db)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(StoreError, match="newer than this voicebot") as err:
+        open_store(str(db))
+    assert str(db) in str(err.value)
+
+
+def test_memory_store_works_and_needs_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open_store("sqlite:///:memory:") as store:
+        call_id = record_call(store)
+        assert store.get_call(call_id)["tickets"] == [t.id for t in store.tickets_for_call(call_id)]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_sqlite_url_is_relative_to_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    open_store("sqlite:///var/voicebot.db").close()
+    assert (tmp_path / "var" / "voicebot.db").is_file()
+
+
+def test_corrupt_file_gives_a_store_error_naming_it(tmp_path):
+    db = tmp_path / "calls.db"
+    db.write_bytes(b"this is not a database\n" * 200)
+    with pytest.raises(StoreError) as err:
+        open_store(f"sqlite:///{db}")
+    message = str(err.value)
+    assert str(db) in message
+    assert "not a SQLite database" in message and "backup" in message
+
+
+def test_unwritable_location_gives_a_store_error_naming_it(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the store's folder should be")
+    db = blocker / "sub" / "calls.db"
+    with pytest.raises(StoreError) as err:
+        open_store(str(db))
+    message = str(err.value)
+    assert str(db) in message and "VOICEBOT_STORE_URL" in message
+
+
+def test_a_lock_held_too_long_gives_a_store_error(tmp_path):
+    db = tmp_path / "calls.db"
+    store = SqliteStore(db, timeout_s=0.2)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process in the middle of a long write
+    try:
+        with pytest.raises(StoreError, match="locked") as err:
+            store.start_call("CA1", CALLER, "twilio")
+        assert str(db) in str(err.value)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.start_call("CA1", CALLER, "twilio")  # the store is usable again once the lock is gone
+    assert store.get_call("CA1") is not None
+    store.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql://voicebot:s3cret@db.internal/voicebot", "postgres://db/voicebot"])
+def test_postgres_url_says_it_is_not_built_yet(url):
+    with pytest.raises(StoreError, match="PostgreSQL support is not built yet") as err:
+        open_store(url)
+    assert "sqlite:///" in str(err.value)
+    assert "s3cret" not in str(err.value)
+
+
+def test_other_schemes_name_the_url_masked_and_the_setting():
+    with pytest.raises(StoreError) as err:
+        open_store("mysql://root:hunter2@localhost/voicebot")
+    message = str(err.value)
+    assert "mysql://root:***@localhost/voicebot" in message
+    assert "hunter2" not in message
+    assert "store.url" in message and "VOICEBOT_STORE_URL" in message
+
+
+def test_concurrent_writes_from_four_threads_all_land(tmp_path):
+    db = tmp_path / "calls.db"
+    store = open_store(str(db))
+    errors: list[BaseException] = []
+    tickets: list[str] = []
+
+    def one_call(n: int) -> None:
+        try:
+            call_id = f"CA{n:032x}"
+            store.start_call(call_id, CALLER, "twilio")
+            for i in range(25):
+                store.record_turn(call_id, TurnRecord(i, f"q{i}", "llm", None, f"a{i}", False, "consulting", {}))
+                if i % 5 == 0:
+                    tickets.append(store.create_ticket(call_id, CALLER, "other", f"call {n} turn {i}").id)
+            store.end_call(call_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_call, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+
+    assert errors == []
+    with open_store(str(db)) as reopened:
+        calls = reopened.list_calls()
+        assert len(calls) == 4
+        assert all(c["turn_count"] == 25 and c["ended_at"] for c in calls)
+        assert sorted(t.id for t in reopened.list_tickets(limit=100)) == sorted(tickets)
+        assert len(set(tickets)) == 20

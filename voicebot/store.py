@@ -1,0 +1,534 @@
+"""Call records and tickets: every call leaves a record, every promise to call back leaves a ticket.
+
+SQLite is the default (one file, WAL so the CLI can read while `serve` writes); the `Store` interface is
+small so a PostgreSQL store can take a `postgresql://` URL later for several workers. The schema is
+versioned with `PRAGMA user_version` and only ever migrated forward.
+
+Caller numbers are stored in full (a ticket may need a call back) and masked whenever they are shown.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit, urlunsplit
+
+CHANNELS = ("twilio", "chat", "replay", "mic")
+ROUTES = ("faq", "llm", "ticket", "handoff", "hangup", "fallback", "dtmf")
+# No 0/O, 1/I/L, 5/S, 2/Z, 8/B, U/V: pairs a caller mishears or misreads when the id is read out or written down.
+TICKET_ALPHABET = "ACDEFGHJKMNPQRTWXY3479"
+TICKET_ID_LENGTH = 6
+SETTING_HINT = "setting store.url or environment variable VOICEBOT_STORE_URL"
+
+# ITU country codes are prefix-free: 1 and 7 are the one-digit ones, these the two-digit ones, all others have 3.
+_TWO_DIGIT_CC = re.compile(r"2[07]|3[0-469]|4[013-9]|5[1-8]|6[0-6]|8[1246]|9[0-58]")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used; the message names the database and what to do about it."""
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    index: int
+    caller_text: str
+    route: str  # one of ROUTES
+    faq_id: str | None
+    reply_text: str  # what was actually spoken: cut where the caller barged in
+    interrupted: bool
+    state: str  # consulting | complaint | transaction | handoff | closing
+    latency_ms: dict[str, float | None]  # endpoint, stt, route, llm_first_token, tts_first_audio, first_audio_out
+
+
+@dataclass(frozen=True)
+class Ticket:
+    id: str
+    call_id: str
+    caller: str | None  # in full: mask_number() it before showing
+    category: str
+    summary: str
+    status: str
+    created_at: str
+
+    def to_json(self) -> dict[str, object]:
+        """The `tickets list --json` shape, caller masked."""
+        return {
+            "id": self.id,
+            "call_id": self.call_id,
+            "caller": mask_number(self.caller),
+            "category": self.category,
+            "summary": self.summary,
+            "status": self.status,
+            "created_at": self.created_at,
+        }
+
+
+class Store(ABC):
+    """Where calls, turns and tickets live. Safe to use from several threads at once."""
+
+    @abstractmethod
+    def start_call(self, call_id: str, caller: str | None, channel: str) -> None:
+        """Open a call record; starting an id again keeps the first record (Twilio can reopen a stream)."""
+
+    @abstractmethod
+    def record_turn(self, call_id: str, turn: TurnRecord) -> None:
+        """Save a turn; the same index again replaces it (its reply may be cut by a later barge-in)."""
+
+    @abstractmethod
+    def end_call(self, call_id: str, handoff_reason: str | None = None) -> None:
+        """Close a call; ending twice keeps the first end time and any reason already given."""
+
+    @abstractmethod
+    def create_ticket(self, call_id: str, caller: str | None, category: str, summary: str) -> Ticket:
+        """Open a ticket with a new short, speakable id."""
+
+    @abstractmethod
+    def tickets_for_call(self, call_id: str) -> list[Ticket]:
+        """The call's tickets, oldest first."""
+
+    @abstractmethod
+    def get_ticket(self, ticket_id: str) -> Ticket | None:
+        """One ticket; the id is matched case-insensitively, ignoring spaces, commas and dashes."""
+
+    @abstractmethod
+    def list_tickets(self, limit: int = 50) -> list[Ticket]:
+        """The newest tickets first."""
+
+    @abstractmethod
+    def get_call(self, call_id: str) -> dict | None:
+        """One call as `calls show --json` prints it (turns, ticket ids, handoff reason, caller masked)."""
+
+    @abstractmethod
+    def list_calls(self, limit: int = 50) -> list[dict]:
+        """The newest calls first, without their turns (a turn count instead), caller masked."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the database."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def utc_now() -> str:
+    """UTC to the second with a `Z`: sorts as text and reads the same in every time zone."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_call_id(channel: str) -> str:
+    """An id for a call that has no Twilio callSid, shaped like one ("CA" + 32 hex) so tools treat both alike."""
+    if channel not in CHANNELS or channel == "twilio":
+        raise ValueError(f"new_call_id: channel {channel!r} is not one of chat, replay, mic (Twilio gives its own)")
+    return "CA" + secrets.token_hex(16)
+
+
+def new_ticket_id() -> str:
+    """Six random characters from TICKET_ALPHABET: 22**6 ≈ 113 million ids, short enough to read out."""
+    return "".join(secrets.choice(TICKET_ALPHABET) for _ in range(TICKET_ID_LENGTH))
+
+
+def speak_ticket_id(ticket_id: str) -> str:
+    """The id character by character with commas ("K, 7, M, 2, Q, X"), so the voice pauses between them
+    and says each letter's name (without the commas Piper reads a lone "A" as the article)."""
+    return ", ".join(ticket_id.upper())
+
+
+def mask_number(number: str | None) -> str:
+    """A phone number for logs and screens: country code, the next 3 digits and the last 4 ("+1555***0199").
+
+    Anything that is not a long enough E.164 number (client ids, "anonymous", None) becomes "***".
+    """
+    if not number:
+        return "***"
+    compact = re.sub(r"[\s\-().]", "", number)
+    if not re.fullmatch(r"\+\d{8,15}", compact):
+        return "***"
+    digits = compact[1:]
+    cc_len = 1 if digits[0] in "17" else 2 if _TWO_DIGIT_CC.fullmatch(digits[:2]) else 3
+    national = digits[cc_len:]
+    if len(national) < 8:  # 3 shown + 4 shown would leave nothing hidden
+        return "***"
+    return f"+{digits[:cc_len]}{national[:3]}***{national[-4:]}"
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """Open the store a URL names: `sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite:///:memory:`
+    or a bare file path. With `create=False` a missing database is an error instead of a new empty file
+    (the CLI's read-only commands use that, so a typo in `--db` doesn't look like an empty store)."""
+    url = url.strip()
+    if not url:
+        raise StoreError(f"the store URL is empty; set {SETTING_HINT}, e.g. sqlite:///var/voicebot.db")
+    if "://" not in url:
+        return SqliteStore(Path(url).expanduser(), create=create)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise StoreError(
+                f"store URL {mask_url(url)!r} has no file path; use sqlite:///relative/path.db or "
+                f"sqlite:////absolute/path.db ({SETTING_HINT})"
+            )
+        path = url[len("sqlite:///") :]
+        return SqliteStore(None if path == ":memory:" else Path(path), create=create)
+    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
+        raise StoreError(
+            f"store URL {mask_url(url)!r}: PostgreSQL support is not built yet; use a sqlite URL such as "
+            f"sqlite:///var/voicebot.db ({SETTING_HINT})"
+        )
+    raise StoreError(
+        f"store URL {mask_url(url)!r} has an unsupported scheme {scheme!r}; use sqlite:///path/to/file.db "
+        f"or a plain file path ({SETTING_HINT})"
+    )
+
+
+# Forward migrations: MIGRATIONS[n] takes a database from user_version n to n + 1. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE calls (
+            call_id TEXT PRIMARY KEY,
+            caller TEXT,
+            channel TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            handoff_reason TEXT
+        )""",
+        """CREATE TABLE turns (
+            call_id TEXT NOT NULL REFERENCES calls(call_id) ON DELETE CASCADE,
+            turn_index INTEGER NOT NULL,
+            caller_text TEXT NOT NULL,
+            route TEXT NOT NULL,
+            faq_id TEXT,
+            reply_text TEXT NOT NULL,
+            interrupted INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            latency_ms TEXT NOT NULL,
+            PRIMARY KEY (call_id, turn_index)
+        )""",
+        """CREATE TABLE tickets (
+            id TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL REFERENCES calls(call_id),
+            caller TEXT,
+            category TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'open',
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX calls_started_at ON calls(started_at)",
+        "CREATE INDEX tickets_call_id ON tickets(call_id)",
+        "CREATE INDEX tickets_created_at ON tickets(created_at)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_ADVICE = {
+    "SQLITE_NOTADB": "it is not a SQLite database or it is damaged: restore it from a backup, or move it "
+    "aside so a new store is created",
+    "SQLITE_CORRUPT": "it is damaged: restore it from a backup, or move it aside so a new store is created",
+    "SQLITE_READONLY": "this user cannot write it: fix the permissions of the file and its folder",
+    "SQLITE_CANTOPEN": "it cannot be opened: check that the folder exists and this user may write there",
+    "SQLITE_PERM": "access was refused: fix the permissions of the file and its folder",
+    "SQLITE_FULL": "the disk is full: free some space",
+}
+
+
+class SqliteStore(Store):
+    """The SQLite store: one connection shared behind a lock (writes are a few rows per turn), WAL journal
+    so other processes can read while a call is being written."""
+
+    def __init__(self, path: Path | None, *, create: bool = True, timeout_s: float = 5.0) -> None:
+        """`path=None` keeps the database in memory (tests, chat demos); `timeout_s` is how long a write
+        waits for another process's lock before it gives up with a StoreError."""
+        self.path = path.absolute() if path is not None else None
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        if self.path is not None:
+            if not create and not self.path.is_file():
+                raise StoreError(
+                    f"store {self.path} does not exist: no call has been recorded there yet, or the URL "
+                    f"points at the wrong file (--db, {SETTING_HINT})"
+                )
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"store {self.path}: cannot create its folder {self.path.parent} ({exc.strerror or exc}); "
+                    f"make it writable for this user or point {SETTING_HINT} elsewhere"
+                ) from exc
+        with self._guard("open it"):
+            self._conn = sqlite3.connect(
+                ":memory:" if self.path is None else str(self.path),
+                timeout=timeout_s,
+                isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+                check_same_thread=False,  # shared between call threads, serialized by self._lock
+            )
+            try:
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if self.path is not None and mode.lower() != "wal":
+                    raise StoreError(f"store {self.path}: SQLite refused WAL mode (journal mode is {mode!r})")
+                # In WAL mode NORMAL never corrupts; a power cut may only lose the last commits.
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def where(self) -> str:
+        """The database file as error messages name it."""
+        return str(self.path) if self.path is not None else ":memory:"
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn a sqlite3 error into a StoreError that names the file, what failed and what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            name = getattr(exc, "sqlite_errorname", "")
+            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                advice = (
+                    f"another process kept it locked for more than {self.timeout_s:g} s: look for a stuck "
+                    "voicebot or a tool holding it open, then retry"
+                )
+            elif name.startswith("SQLITE_IOERR"):
+                advice = "the disk or file system failed: check the disk, its free space and permissions"
+            else:
+                advice = _ADVICE.get(name, f"check the file, or point {SETTING_HINT} at another database")
+            raise StoreError(f"store {self.where}: cannot {action} ({exc}); {advice}") from exc
+
+    @contextmanager
+    def _transaction(self, action: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One consistent transaction; writes take the write lock up front so they never deadlock."""
+        with self._lock, self._guard(action):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # some errors (disk full, I/O) have rolled back already
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self.where} is closed; open it again with open_store()")
+        return self._conn
+
+    def _migrate(self) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")  # re-read the version under the lock: two workers may start at once
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.where} has schema version {version}, newer than this voicebot knows "
+                    f"({SCHEMA_VERSION}): upgrade voicebot, or point {SETTING_HINT} at another database"
+                )
+            for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _require_call(conn: sqlite3.Connection, call_id: str) -> None:
+        if conn.execute("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)).fetchone() is None:
+            raise ValueError(f"call {call_id!r} was never started: call start_call() first")
+
+    def start_call(self, call_id: str, caller: str | None, channel: str) -> None:
+        if channel not in CHANNELS:
+            raise ValueError(f"channel {channel!r} is not one of {', '.join(CHANNELS)}")
+        with self._transaction(f"start call {call_id}") as conn:
+            conn.execute(
+                "INSERT INTO calls (call_id, caller, channel, started_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (call_id) DO NOTHING",
+                (call_id, caller, channel, utc_now()),
+            )
+
+    def record_turn(self, call_id: str, turn: TurnRecord) -> None:
+        if turn.route not in ROUTES:
+            raise ValueError(
+                f"turn {turn.index} of call {call_id}: route {turn.route!r} is not one of {', '.join(ROUTES)}"
+            )
+        with self._transaction(f"record turn {turn.index} of call {call_id}") as conn:
+            self._require_call(conn, call_id)
+            conn.execute(
+                "INSERT OR REPLACE INTO turns (call_id, turn_index, caller_text, route, faq_id, reply_text, "
+                "interrupted, state, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    call_id,
+                    turn.index,
+                    turn.caller_text,
+                    turn.route,
+                    turn.faq_id,
+                    turn.reply_text,
+                    int(turn.interrupted),
+                    turn.state,
+                    json.dumps(turn.latency_ms),
+                ),
+            )
+
+    def end_call(self, call_id: str, handoff_reason: str | None = None) -> None:
+        with self._transaction(f"end call {call_id}") as conn:
+            self._require_call(conn, call_id)
+            conn.execute(
+                "UPDATE calls SET ended_at = COALESCE(ended_at, ?), handoff_reason = COALESCE(?, handoff_reason) "
+                "WHERE call_id = ?",
+                (utc_now(), handoff_reason, call_id),
+            )
+
+    def create_ticket(self, call_id: str, caller: str | None, category: str, summary: str) -> Ticket:
+        with self._transaction(f"create a ticket for call {call_id}") as conn:
+            self._require_call(conn, call_id)
+            ticket_id = new_ticket_id()
+            while conn.execute("SELECT 1 FROM tickets WHERE id = ?", (ticket_id,)).fetchone():
+                ticket_id = new_ticket_id()  # the write lock is held, so a free id stays free
+            ticket = Ticket(ticket_id, call_id, caller, category, summary, "open", utc_now())
+            conn.execute(
+                "INSERT INTO tickets (id, call_id, caller, category, summary, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ticket.id,
+                    ticket.call_id,
+                    ticket.caller,
+                    ticket.category,
+                    ticket.summary,
+                    ticket.status,
+                    ticket.created_at,
+                ),
+            )
+        return ticket
+
+    _TICKET_COLUMNS = "id, call_id, caller, category, summary, status, created_at"
+
+    def tickets_for_call(self, call_id: str) -> list[Ticket]:
+        with self._transaction(f"read the tickets of call {call_id}", write=False) as conn:
+            rows = conn.execute(
+                f"SELECT {self._TICKET_COLUMNS} FROM tickets WHERE call_id = ? ORDER BY created_at, rowid",
+                (call_id,),
+            ).fetchall()
+        return [Ticket(*row) for row in rows]
+
+    def get_ticket(self, ticket_id: str) -> Ticket | None:
+        wanted = "".join(ch for ch in ticket_id.upper() if ch.isalnum())
+        with self._transaction(f"read ticket {ticket_id}", write=False) as conn:
+            row = conn.execute(f"SELECT {self._TICKET_COLUMNS} FROM tickets WHERE id = ?", (wanted,)).fetchone()
+        return Ticket(*row) if row else None
+
+    def list_tickets(self, limit: int = 50) -> list[Ticket]:
+        _check_limit(limit)
+        with self._transaction("list tickets", write=False) as conn:
+            rows = conn.execute(
+                f"SELECT {self._TICKET_COLUMNS} FROM tickets ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [Ticket(*row) for row in rows]
+
+    _CALL_COLUMNS = "call_id, caller, channel, started_at, ended_at, handoff_reason"
+
+    @staticmethod
+    def _call_json(row: tuple, ticket_ids: list[str]) -> dict:
+        call_id, caller, channel, started_at, ended_at, handoff_reason = row
+        return {
+            "call_id": call_id,
+            "caller": mask_number(caller),
+            "channel": channel,
+            "started_at": started_at,
+            "ended_at": ended_at,
+            "tickets": ticket_ids,
+            "handoff": handoff_reason,
+        }
+
+    def get_call(self, call_id: str) -> dict | None:
+        with self._transaction(f"read call {call_id}", write=False) as conn:
+            row = conn.execute(f"SELECT {self._CALL_COLUMNS} FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+            if row is None:
+                return None
+            turns = conn.execute(
+                "SELECT turn_index, caller_text, route, faq_id, reply_text, interrupted, state, latency_ms "
+                "FROM turns WHERE call_id = ? ORDER BY turn_index",
+                (call_id,),
+            ).fetchall()
+            ticket_ids = [
+                r[0]
+                for r in conn.execute("SELECT id FROM tickets WHERE call_id = ? ORDER BY created_at, rowid", (call_id,))
+            ]
+        call = self._call_json(row, ticket_ids)
+        call["turns"] = [
+            {
+                "index": index,
+                "caller_text": caller_text,
+                "route": route,
+                "faq_id": faq_id,
+                "reply_text": reply_text,
+                "interrupted": bool(interrupted),
+                "state": state,
+                "latency_ms": json.loads(latency_ms),
+            }
+            for index, caller_text, route, faq_id, reply_text, interrupted, state, latency_ms in turns
+        ]
+        return call
+
+    def list_calls(self, limit: int = 50) -> list[dict]:
+        _check_limit(limit)
+        with self._transaction("list calls", write=False) as conn:
+            rows = conn.execute(
+                f"SELECT {self._CALL_COLUMNS}, (SELECT COUNT(*) FROM turns t WHERE t.call_id = c.call_id) "
+                "FROM calls c ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            tickets: dict[str, list[str]] = {}
+            for call_id, ticket_id in conn.execute(
+                "SELECT call_id, id FROM tickets WHERE call_id IN "
+                "(SELECT call_id FROM calls ORDER BY started_at DESC, rowid DESC LIMIT ?) ORDER BY created_at, rowid",
+                (limit,),
+            ):
+                tickets.setdefault(call_id, []).append(ticket_id)
+        calls = []
+        for *row, turn_count in rows:
+            call = self._call_json(tuple(row), tickets.get(row[0], []))
+            call["turn_count"] = turn_count
+            calls.append(call)
+        return calls
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")

@@ -56,6 +56,15 @@ class DialogSettings:
 @dataclass
 class VoiceSettings:
     language: str = "en"
+    # Turn-taking (Silero VAD on 32 ms windows). A window is speech at or above vad_threshold and stays speech
+    # until the probability drops below vad_neg_threshold (default vad_threshold - 0.15). Speech must last
+    # vad_min_speech_ms to start a turn (clicks don't); after vad_pause_ms of silence the words so far are
+    # transcribed speculatively, and after vad_end_ms the turn is over.
+    vad_threshold: float = 0.5
+    vad_neg_threshold: float | None = None
+    vad_min_speech_ms: int = 150
+    vad_pause_ms: int = 200
+    vad_end_ms: int = 450
 
 
 @dataclass

@@ -65,6 +65,11 @@ class VoiceSettings:
     vad_min_speech_ms: int = 150
     vad_pause_ms: int = 200
     vad_end_ms: int = 450
+    # Barge-in: caller speech interrupts the bot once it has lasted barge_in_ms, unless it began within
+    # barge_in_guard_ms of the bot starting to talk. dtmf_map maps keypad digits to meanings ("0=human").
+    barge_in_ms: int = 300
+    barge_in_guard_ms: int = 300
+    dtmf_map: str = "0=human"
 
 
 @dataclass

@@ -1,0 +1,247 @@
+"""CallSession turn-taking, driven event by event with real speech through the real Silero VAD.
+
+The session is sans-I/O: these tests play the runner's part, answering its Transcribe / Respond jobs with
+results they construct, so each rule (speculative transcription, barge-in gate, backchannels, marks, hang-up
+after the last mark) is checked in isolation. The full pipeline with real STT/LLM/TTS is tested by replay.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from voicebot.session import (
+    AudioIn,
+    CallerHungUp,
+    CallSession,
+    CallStarted,
+    Cancel,
+    ClearAudio,
+    CommitTurn,
+    DtmfIn,
+    Hangup,
+    MarkEchoed,
+    PlayAudio,
+    ReplyFinished,
+    Respond,
+    SendMark,
+    SentenceReady,
+    SessionOptions,
+    Transcribe,
+    Transcribed,
+    Transfer,
+    is_backchannel,
+)
+from voicebot.stt import Transcript
+from voicebot.tts_cache import PhoneSpeech
+from voicebot.vad import VadOptions, load_vad
+
+FRAME = 160
+
+
+@pytest.fixture(scope="module")
+def vad(settings):
+    return load_vad(settings.models)
+
+
+@pytest.fixture(scope="module")
+def speech(synthesizer):
+    return PhoneSpeech(synthesizer)
+
+
+@pytest.fixture(scope="module")
+def utterance(speech):
+    pcm, _ = speech.sentence("I would like to change my delivery address, please.")
+    voiced = np.flatnonzero(np.abs(pcm) > 300)
+    return pcm[voiced[0] : voiced[-1] + 1]  # no leading or trailing silence: the tests place their own
+
+
+class Driver:
+    """Feeds a session 20 ms frames on a fake clock that moves with media time."""
+
+    def __init__(self, vad, options: SessionOptions | None = None) -> None:
+        self.session = CallSession(vad.stream(VadOptions()), options)
+        self.t = 0.0
+        self.actions: list = []
+
+    def send(self, event) -> list:
+        out = self.session.handle(event)
+        self.actions += out
+        return out
+
+    def audio(self, pcm: np.ndarray) -> list:
+        out = []
+        for start in range(0, pcm.size, FRAME):
+            frame = np.pad(pcm[start : start + FRAME], (0, max(0, FRAME - pcm[start : start + FRAME].size)))
+            self.t += 0.02
+            out += self.send(AudioIn(frame, self.t))
+        return out
+
+    def silence(self, ms: int) -> list:
+        return self.audio(np.zeros(ms * 8, dtype=np.int16))
+
+    def answer_transcribe(self, out: list, text: str) -> list:
+        jobs = [a for a in out if isinstance(a, Transcribe)]
+        assert jobs, f"expected a Transcribe action in {out}"
+        return self.send(Transcribed(jobs[-1].job, Transcript(text, 0.01, -0.2), 300.0, self.t))
+
+    def speak(self, job: int, sentences: list[str], *, action: str | None = None, finish: bool = True) -> list[str]:
+        marks = []
+        for text in sentences:
+            out = self.send(SentenceReady(job, text, np.zeros(800, np.int16), 50.0, self.t))
+            assert isinstance(out[0], PlayAudio) and isinstance(out[1], SendMark)
+            marks.append(out[1].name)
+        if finish:
+            self.send(ReplyFinished(job, "faq", action, "requested" if action else None, 5.0, None, self.t))
+        return marks
+
+
+def of(kind, actions):
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def greet(d: Driver) -> int:
+    (respond,) = d.send(CallStarted(0.0))
+    assert isinstance(respond, Respond) and respond.kind == "greeting"
+    return respond.job
+
+
+def test_greeting_is_committed_in_full_once_its_marks_return(vad):
+    d = Driver(vad)
+    job = greet(d)
+    marks = d.speak(job, ["Hi, thanks for calling.", "How can I help?"])
+    assert d.session.bot_speaking
+    assert not of(CommitTurn, d.send(MarkEchoed(marks[0], d.t)))
+    (commit,) = d.send(MarkEchoed(marks[1], d.t))
+    assert commit == CommitTurn(job, "greeting", "Hi, thanks for calling. How can I help?", False, commit.latency_ms)
+    assert not d.session.bot_speaking
+
+
+def test_turn_is_transcribed_speculatively_at_the_pause_and_answered_at_the_end(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    out = d.audio(utterance)
+    out += d.silence(250)  # the pause (200 ms) has passed, the end (450 ms) not yet
+    assert of(Transcribe, out) and not of(Respond, out)
+    audio = of(Transcribe, out)[-1].audio
+    assert audio.size / 16000 == pytest.approx(utterance.size / 8000, abs=0.6)
+    assert not of(Respond, d.answer_transcribe(out, "I would like to change my delivery address."))
+    out = d.silence(400)
+    (respond,) = of(Respond, out)
+    assert respond.kind == "text" and respond.text == "I would like to change my delivery address."
+
+
+def test_speech_resuming_after_a_pause_drops_the_speculative_transcript(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    out = d.audio(utterance[:8000]) + d.silence(300)
+    spec = of(Transcribe, out)[-1]
+    out = d.audio(utterance[8000:])
+    assert Cancel(spec.job) in out
+    late = d.send(Transcribed(spec.job, Transcript("I would like", 0.0, -0.1), 100.0, d.t))
+    assert late == [], "a stale transcript is ignored"
+    out = d.silence(300)
+    out += d.answer_transcribe(out, "I would like to change my delivery address.")
+    out += d.silence(300)
+    assert of(Respond, out)[0].text == "I would like to change my delivery address."
+
+
+def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(vad, utterance):
+    d = Driver(vad)
+    job = greet(d)
+    marks = d.speak(job, ["Hi, thanks for calling Northwind Shop.", "How can I help you today?"], finish=False)
+    d.silence(600)
+    d.send(MarkEchoed(marks[0], d.t))
+    out = d.audio(utterance[: 8 * 500])  # 500 ms of the caller talking over the second sentence
+    assert of(ClearAudio, out) and Cancel(job) in out
+    (commit,) = of(CommitTurn, out)
+    assert commit.interrupted and commit.spoken_text == "Hi, thanks for calling Northwind Shop."
+    assert 300 <= commit.latency_ms["barge_in"] <= 450
+    assert d.session.greeting_interrupted
+    # Twilio returns the cleared mark: it must not count as heard.
+    assert d.send(MarkEchoed(marks[1], d.t)) == []
+
+
+def test_a_short_backchannel_neither_interrupts_nor_takes_a_turn(vad, utterance):
+    d = Driver(vad)
+    job = greet(d)
+    d.speak(job, ["Returns are free within seven days.", "Items must be unopened."])
+    d.silence(800)
+    out = d.audio(utterance[: 8 * 220])  # ~220 ms of sound: "mm-hm"
+    out += d.silence(300)
+    assert not of(ClearAudio, out)
+    out += d.answer_transcribe(out, "Mm-hmm.")
+    out += d.silence(300)
+    assert not of(ClearAudio, out) and not of(Respond, out)
+    assert d.session.bot_speaking
+
+
+def test_speech_right_as_the_bot_starts_is_inside_the_guard_window(vad, utterance):
+    d = Driver(vad, SessionOptions(barge_in_guard_ms=2000))
+    job = greet(d)
+    d.speak(job, ["Hi, thanks for calling.", "How can I help?"])
+    out = d.audio(utterance[: 8 * 600])
+    assert not of(ClearAudio, out)
+
+
+def test_hang_up_waits_for_the_farewells_last_mark(vad):
+    d = Driver(vad)
+    job = greet(d)
+    marks = d.speak(job, ["Thanks for calling.", "Goodbye!"], action="hangup")
+    assert not of(Hangup, d.send(MarkEchoed(marks[0], d.t)))
+    out = d.send(MarkEchoed(marks[1], d.t))
+    assert of(Hangup, out) and of(CommitTurn, out) and d.session.ended
+
+
+def test_dtmf_zero_asks_for_a_human_and_transfers_after_the_reply(vad):
+    d = Driver(vad)
+    job = greet(d)
+    marks = d.speak(job, ["Hi there."])
+    d.send(MarkEchoed(marks[0], d.t))
+    (respond,) = of(Respond, d.send(DtmfIn("0", d.t)))
+    assert respond.kind == "dtmf" and respond.text == "0"
+    assert d.send(DtmfIn("7", d.t)) == [], "unmapped digits are ignored"
+    marks = d.speak(respond.job, ["Connecting you to a colleague now."], action="transfer")
+    out = d.send(MarkEchoed(marks[0], d.t))
+    assert of(Transfer, out) and d.session.ended
+
+
+def test_caller_hanging_up_cancels_work_and_ends(vad, utterance):
+    d = Driver(vad)
+    job = greet(d)
+    out = d.send(CallerHungUp(d.t))
+    assert Cancel(job) in out and d.session.ended
+    assert d.send(MarkEchoed("t1-s1", d.t)) == []
+
+
+def test_silence_and_line_noise_start_no_turn(vad):
+    d = Driver(vad)
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal(8000 * 5) * 60).astype(np.int16)
+    out = d.audio(noise) + d.silence(1000)
+    assert not of(Transcribe, out) and not of(Respond, out)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Mm-hmm.", True),
+        ("Okay.", True),
+        ("Yeah, right.", True),
+        ("I see.", True),
+        ("Okay, but how long?", False),
+        ("Yes, I want a refund for it", False),
+        ("", False),
+    ],
+)
+def test_backchannel_words(text, expected):
+    assert is_backchannel(text) is expected
+
+
+def test_job_ids_are_unique_per_session(vad):
+    d = Driver(vad)
+    ids = itertools.chain([greet(d)], (a.job for a in d.send(DtmfIn("0", d.t)) if isinstance(a, Respond)))
+    ids = list(ids)
+    assert len(ids) == len(set(ids)) == 2

@@ -1,0 +1,557 @@
+"""CallSession: one phone call's turn-taking and barge-in, as a sans-I/O state machine.
+
+The session knows nothing of sockets, threads or clocks. The layer above (`voicebot.call_runner`) feeds it
+events — caller audio with its media time, DTMF digits, echoed marks, hang-up, and the results of the work it
+asked for — and carries out the actions it returns: play audio, send a mark, clear, transfer, hang up, and
+start or cancel jobs (transcribe, respond). Every event carries `now` (seconds, any monotonic clock) so stage
+latencies are measured on the runner's clock while audio arithmetic stays on media time.
+
+Turn-taking, in short:
+- VAD `SpeechPause` (≈200 ms of silence) starts a speculative transcription; `SpeechResume` drops it;
+  `SpeechEnd` (≈450 ms) ends the turn, usually with the transcript already there.
+- While the bot speaks, caller speech interrupts it (barge-in) once it has lasted `barge_in_ms` and began
+  after the protection window; shorter sounds ("mm-hm", a cough) never do, and a finished utterance that is
+  only a backchannel creates no turn. Barge-in sends `clear`, cancels the reply's work and records the reply
+  cut to the sentences whose marks came back before the clear.
+- A farewell's hang-up or a hand-off's transfer happens only once the reply's last mark has come back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voicebot.audio import Resampler, pcm16_to_float
+from voicebot.stt import Transcript
+from voicebot.vad import SpeechEnd, SpeechPause, SpeechResume, SpeechStart, VadStream
+
+PHONE_RATE = 8000
+STT_RATE = 16000
+BACKCHANNEL_WORDS = frozenset(
+    {
+        "mm",
+        "mmm",
+        "mmhm",
+        "mmhmm",
+        "mhm",
+        "hm",
+        "hmm",
+        "uhhuh",
+        "uh",
+        "huh",
+        "um",
+        "ah",
+        "oh",
+        "ok",
+        "okay",
+        "yeah",
+        "yep",
+        "yes",
+        "right",
+        "sure",
+        "alright",
+        "see",
+        "i",
+        "got",
+        "it",
+        "all",
+    }
+)
+
+
+def is_backchannel(text: str) -> bool:
+    """True for listener noises ("mm-hm", "okay", "I see") that acknowledge the speaker, not take the turn."""
+    words = re.findall(r"[a-z]+", text.lower().replace("-", ""))
+    return 0 < len(words) <= 3 and all(w in BACKCHANNEL_WORDS for w in words)
+
+
+def _rounded(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 1)
+
+
+# ---------------------------------------------------------------- events in
+
+
+@dataclass(frozen=True)
+class CallStarted:
+    now: float
+
+
+@dataclass(frozen=True)
+class AudioIn:
+    pcm: np.ndarray  # int16, 8 kHz mono, as decoded from the phone
+    now: float
+
+
+@dataclass(frozen=True)
+class DtmfIn:
+    digit: str
+    now: float
+
+
+@dataclass(frozen=True)
+class MarkEchoed:
+    name: str
+    now: float
+
+
+@dataclass(frozen=True)
+class CallerHungUp:
+    now: float
+
+
+@dataclass(frozen=True)
+class Transcribed:
+    job: int
+    transcript: Transcript
+    compute_ms: float
+    now: float
+
+
+@dataclass(frozen=True)
+class SentenceReady:
+    job: int
+    text: str
+    pcm: np.ndarray  # int16, 8 kHz mono, ready for the phone
+    tts_ms: float  # synthesis time of this sentence (0 when it came from the cache)
+    now: float
+
+
+@dataclass(frozen=True)
+class ReplyFinished:
+    """The reply's work is done: every sentence has been delivered by `SentenceReady`."""
+
+    job: int
+    route: str
+    action: str | None  # None | "transfer" | "hangup"
+    reason: str | None
+    route_ms: float | None
+    llm_first_token_ms: float | None
+    now: float
+
+
+Event = CallStarted | AudioIn | DtmfIn | MarkEchoed | CallerHungUp | Transcribed | SentenceReady | ReplyFinished
+
+
+# ---------------------------------------------------------------- actions out
+
+
+@dataclass(frozen=True)
+class PlayAudio:
+    pcm: np.ndarray  # int16, 8 kHz mono
+
+
+@dataclass(frozen=True)
+class SendMark:
+    name: str
+
+
+@dataclass(frozen=True)
+class ClearAudio:
+    pass
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    job: int
+    audio: np.ndarray  # float32, 16 kHz mono
+
+
+@dataclass(frozen=True)
+class Respond:
+    """Produce the bot's reply: `kind` is "greeting", "text" (a caller utterance), "dtmf" or "prompt"."""
+
+    job: int
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    job: int
+
+
+@dataclass(frozen=True)
+class CommitTurn:
+    """Record the reply of `job` as actually played: `spoken_text` is cut at a barge-in."""
+
+    job: int
+    kind: str
+    spoken_text: str
+    interrupted: bool
+    latency_ms: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Hangup:
+    pass
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    """The session is over (caller left, or the bot hung up or transferred): close the stream."""
+
+    reason: str
+
+
+Action = PlayAudio | SendMark | ClearAudio | Transcribe | Respond | Cancel | CommitTurn | Transfer | Hangup | CallEnded
+
+
+# ---------------------------------------------------------------- options and state
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    barge_in_ms: int = 300  # caller speech needed to interrupt the bot
+    barge_in_guard_ms: int = 300  # speech starting this soon after the bot starts talking never interrupts
+    preroll_ms: int = 300  # audio kept before the VAD's speech onset so the first syllable is transcribed
+    max_turn_ms: int = 30_000  # a turn longer than this is cut and answered
+    dtmf_map: dict[str, str] = field(default_factory=lambda: {"0": "human"})
+    sorry_prompt: str = "Sorry, go ahead."
+
+
+@dataclass
+class _BotUtterance:
+    job: int
+    kind: str
+    turn: int
+    sentences: list[tuple[str, str]] = field(default_factory=list)  # (text, mark name)
+    echoed: set[str] = field(default_factory=set)
+    started_now: float | None = None  # first audio out
+    started_media_ms: int | None = None
+    finished: ReplyFinished | None = None
+    latency: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def all_played(self) -> bool:
+        return self.finished is not None and all(mark in self.echoed for _, mark in self.sentences)
+
+    def played_text(self) -> str:
+        return " ".join(text for text, mark in self.sentences if mark in self.echoed)
+
+    def full_text(self) -> str:
+        return " ".join(text for text, _ in self.sentences)
+
+
+@dataclass
+class _CallerTurn:
+    onset_ms: int
+    speech_end_ms: int | None = None
+    ended_now: float | None = None
+    endpoint_ms: float | None = None
+    stt_job: int | None = None
+    stt_started_now: float | None = None
+    transcript: Transcript | None = None
+    stt_compute_ms: float | None = None
+    stt_ready_now: float | None = None
+    during_bot: bool = False  # began while the bot was talking: a backchannel here is not a turn
+    barged_in: bool = False  # this speech already interrupted the bot
+
+
+class CallSession:
+    """Turn-taking for one call. Feed events with `handle`; carry out the returned actions in order."""
+
+    def __init__(self, vad: VadStream, options: SessionOptions | None = None) -> None:
+        self.options = options or SessionOptions()
+        self.vad = vad
+        self._resampler = Resampler(PHONE_RATE, STT_RATE)
+        self._jobs = itertools.count(1)
+        self._turns = itertools.count(1)
+        self._audio: list[np.ndarray] = []  # 16 kHz float chunks, from `_audio_start_ms`
+        self._audio_start_ms = 0
+        self._media_ms = 0  # 16 kHz samples fed, as ms
+        self._caller: _CallerTurn | None = None
+        self._bot: _BotUtterance | None = None
+        self._responding: tuple[int, str] | None = None  # job and caller text of a reply with no audio out yet
+        self._cleared_marks: set[str] = set()
+        self._pending_action: tuple[str, str | None] | None = None
+        self.ended = False
+        self.greeting_played: str | None = None
+        self.greeting_interrupted = False
+
+    # ------------------------------------------------------------ entry point
+
+    def handle(self, event: Event) -> list[Action]:
+        if self.ended:
+            return []
+        match event:
+            case CallStarted():
+                return self._respond("greeting", "", event.now)
+            case AudioIn():
+                return self._on_audio(event)
+            case DtmfIn():
+                return self._on_dtmf(event)
+            case MarkEchoed():
+                return self._on_mark(event)
+            case Transcribed():
+                return self._on_transcribed(event)
+            case SentenceReady():
+                return self._on_sentence(event)
+            case ReplyFinished():
+                return self._on_reply_finished(event)
+            case CallerHungUp():
+                return self._end("caller hung up", event.now)
+        raise TypeError(f"CallSession cannot handle {event!r}")
+
+    @property
+    def bot_speaking(self) -> bool:
+        """Audio of the current reply has gone out and not all of it has been heard yet."""
+        return self._bot is not None and self._bot.started_now is not None and not self._bot.all_played
+
+    # ------------------------------------------------------------ caller audio
+
+    def _on_audio(self, event: AudioIn) -> list[Action]:
+        audio = self._resampler.process(pcm16_to_float(np.asarray(event.pcm, dtype=np.int16)))
+        self._audio.append(audio)
+        self._media_ms += audio.size * 1000 // STT_RATE
+        actions: list[Action] = []
+        for vad_event in self.vad.feed(audio):
+            match vad_event:
+                case SpeechStart():
+                    self._caller = _CallerTurn(onset_ms=vad_event.onset_ms, during_bot=self.bot_speaking)
+                case SpeechPause():
+                    actions += self._start_transcription(vad_event.speech_end_ms, event.now)
+                case SpeechResume():
+                    actions += self._drop_transcription()
+                case SpeechEnd():
+                    actions += self._on_turn_end(vad_event, event.now)
+        actions += self._check_barge_in(event.now)
+        if self._caller is None:
+            self._trim_audio()
+        elif self.vad.in_speech and self._media_ms - self._caller.onset_ms > self.options.max_turn_ms:
+            actions += self._start_transcription(self._media_ms, event.now)
+            actions += self._on_turn_end(SpeechEnd(self._media_ms, self._media_ms), event.now)
+            self.vad.reset()
+        return actions
+
+    def _trim_audio(self) -> None:
+        """Between turns keep only the pre-roll, so a turn's audio starts just before its onset."""
+        keep = (self.options.preroll_ms + 500) * STT_RATE // 1000  # the VAD confirms speech ~150 ms late
+        joined = np.concatenate(self._audio) if len(self._audio) > 1 else (self._audio[0] if self._audio else None)
+        if joined is None:
+            return
+        if joined.size > keep:
+            joined = joined[-keep:]
+        self._audio = [joined]
+        self._audio_start_ms = self._media_ms - joined.size * 1000 // STT_RATE
+
+    def _turn_audio(self, until_ms: int) -> np.ndarray:
+        assert self._caller is not None
+        joined = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
+        start_ms = max(self._caller.onset_ms - self.options.preroll_ms, self._audio_start_ms)
+        first = (start_ms - self._audio_start_ms) * STT_RATE // 1000
+        last = (until_ms - self._audio_start_ms + 100) * STT_RATE // 1000  # a little tail for the last phoneme
+        return joined[first:last]
+
+    def _start_transcription(self, until_ms: int, now: float) -> list[Action]:
+        if self._caller is None:
+            return []
+        actions = self._drop_transcription()
+        job = next(self._jobs)
+        self._caller.stt_job, self._caller.stt_started_now = job, now
+        self._caller.speech_end_ms = until_ms
+        return [*actions, Transcribe(job, self._turn_audio(until_ms))]
+
+    def _drop_transcription(self) -> list[Action]:
+        caller = self._caller
+        if caller is None or caller.stt_job is None:
+            return []
+        job, caller.stt_job, caller.transcript = caller.stt_job, None, None
+        return [Cancel(job)]
+
+    def _on_turn_end(self, event: SpeechEnd, now: float) -> list[Action]:
+        caller = self._caller
+        if caller is None:
+            return []
+        caller.ended_now = now
+        caller.endpoint_ms = float(event.t_ms - event.speech_end_ms)
+        if caller.stt_job is None:  # no pause was seen (cannot normally happen): transcribe now
+            return self._start_transcription(event.speech_end_ms, now)
+        if caller.transcript is not None:
+            return self._take_turn(now)
+        return []
+
+    def _on_transcribed(self, event: Transcribed) -> list[Action]:
+        caller = self._caller
+        if caller is None or caller.stt_job != event.job:
+            return []  # stale: the caller went on talking after the pause
+        caller.transcript, caller.stt_compute_ms, caller.stt_ready_now = event.transcript, event.compute_ms, event.now
+        return self._take_turn(event.now) if caller.ended_now is not None else []
+
+    def _take_turn(self, now: float) -> list[Action]:
+        """The caller's turn is over and transcribed: answer it, ignore it, or treat it as a barge-in."""
+        caller = self._caller
+        assert caller is not None and caller.transcript is not None
+        self._caller = None
+        transcript = caller.transcript
+        if not transcript.usable or (caller.during_bot and is_backchannel(transcript.text)):
+            # Nothing to answer. If this sound already cut the bot off, invite the caller to go on.
+            if caller.barged_in and self._bot is None and self._responding is None:
+                return self._respond("prompt", self.options.sorry_prompt, now)
+            return []
+        actions: list[Action] = []
+        if self.bot_speaking:  # short speech that did not pass the gate but says something real
+            actions += self._barge_in(now, caller)
+        text = transcript.text
+        if self._responding is not None:  # the caller added to a turn we were still thinking about
+            job, previous = self._responding
+            actions.append(Cancel(job))
+            self._bot, self._responding = None, None
+            text = f"{previous} {text}"
+        stt_wait = max(0.0, (caller.stt_ready_now or now) - (caller.ended_now or now)) * 1000
+        latency = {"endpoint": caller.endpoint_ms, "stt": round(stt_wait, 1), "stt_compute": caller.stt_compute_ms}
+        actions += self._respond("text", text, now, latency, caller_ended_now=caller.ended_now)
+        return actions
+
+    # ------------------------------------------------------------ barge-in
+
+    def _check_barge_in(self, now: float) -> list[Action]:
+        caller, bot = self._caller, self._bot
+        if caller is None or caller.barged_in or not self.vad.in_speech or not self.bot_speaking:
+            return []
+        if self.vad.speech_ms < self.options.barge_in_ms:
+            return []
+        assert bot is not None and bot.started_media_ms is not None
+        if bot.started_media_ms <= caller.onset_ms < bot.started_media_ms + self.options.barge_in_guard_ms:
+            return []  # began right as the bot started: line echo or a false start, not an interruption
+        caller.barged_in = True
+        return self._barge_in(now, caller)
+
+    def _barge_in(self, now: float, caller: _CallerTurn | None = None) -> list[Action]:
+        """Stop talking: clear the phone's buffer, cancel the reply's work, record what was heard."""
+        bot = self._bot
+        actions: list[Action] = [ClearAudio()]
+        if bot is None:
+            return actions
+        if caller is not None:  # media time from the caller's first sound to our clear
+            bot.latency["barge_in"] = float(self._media_ms - caller.onset_ms)
+        self._cleared_marks.update(mark for _, mark in bot.sentences if mark not in bot.echoed)
+        if bot.finished is None:
+            actions.append(Cancel(bot.job))
+        if bot.finished is not None and bot.finished.action == "transfer":
+            self._pending_action = ("transfer", bot.finished.reason)  # they asked for a human: go now
+        actions += self._commit(bot, interrupted=True)
+        self._bot, self._responding = None, None
+        if self._pending_action is not None:
+            actions += self._do_pending_action(now)
+        return actions
+
+    # ------------------------------------------------------------ DTMF
+
+    def _on_dtmf(self, event: DtmfIn) -> list[Action]:
+        meaning = self.options.dtmf_map.get(event.digit)
+        if meaning is None:
+            return []
+        actions: list[Action] = []
+        if self.bot_speaking or self._bot is not None:
+            actions += self._barge_in(event.now)
+        return actions + self._respond("dtmf", event.digit, event.now)
+
+    # ------------------------------------------------------------ the bot's replies
+
+    def _respond(
+        self,
+        kind: str,
+        text: str,
+        now: float,
+        latency: dict[str, float | None] | None = None,
+        caller_ended_now: float | None = None,
+    ) -> list[Action]:
+        job = next(self._jobs)
+        bot = _BotUtterance(job=job, kind=kind, turn=next(self._turns))
+        bot.latency = dict(latency or {})
+        bot.latency["_t0"] = caller_ended_now if caller_ended_now is not None else now
+        self._bot = bot
+        self._responding = (job, text) if kind == "text" else None
+        return [Respond(job, kind, text)]
+
+    def _on_sentence(self, event: SentenceReady) -> list[Action]:
+        bot = self._bot
+        if bot is None or bot.job != event.job:
+            return []
+        mark = f"t{bot.turn}-s{len(bot.sentences) + 1}"
+        bot.sentences.append((event.text, mark))
+        if bot.started_now is None:
+            bot.started_now, bot.started_media_ms = event.now, self._media_ms
+            bot.latency["tts_first_audio"] = round(event.tts_ms, 1)
+            t0 = bot.latency.pop("_t0")
+            waited = (event.now - t0) * 1000 if t0 is not None else 0.0
+            bot.latency["first_audio_out"] = round((bot.latency.get("endpoint") or 0.0) + waited, 1)
+            self._responding = None
+        return [PlayAudio(event.pcm), SendMark(mark)]
+
+    def _on_reply_finished(self, event: ReplyFinished) -> list[Action]:
+        bot = self._bot
+        if bot is None or bot.job != event.job:
+            return []
+        bot.finished = event
+        bot.latency["route"] = None if event.route_ms is None else round(event.route_ms, 1)
+        bot.latency["llm_first_token"] = (
+            None if event.llm_first_token_ms is None else round(event.llm_first_token_ms, 1)
+        )
+        bot.latency.pop("_t0", None)
+        if event.action is not None:
+            self._pending_action = (event.action, event.reason)
+        self._responding = None
+        return self._complete_if_played(event.now)
+
+    def _on_mark(self, event: MarkEchoed) -> list[Action]:
+        if event.name in self._cleared_marks:
+            self._cleared_marks.discard(event.name)  # returned by the clear: it was never heard
+            return []
+        bot = self._bot
+        if bot is None or all(event.name != mark for _, mark in bot.sentences):
+            return []
+        bot.echoed.add(event.name)
+        return self._complete_if_played(event.now)
+
+    def _complete_if_played(self, now: float) -> list[Action]:
+        bot = self._bot
+        if bot is None or not bot.all_played:
+            return []
+        self._bot = None
+        actions = self._commit(bot, interrupted=False)
+        if self._pending_action is not None:
+            actions += self._do_pending_action(now)
+        return actions
+
+    def _commit(self, bot: _BotUtterance, *, interrupted: bool) -> list[Action]:
+        spoken = bot.played_text() if interrupted else bot.full_text()
+        latency = {k: v for k, v in bot.latency.items() if not k.startswith("_")}
+        if bot.kind == "greeting":
+            self.greeting_played, self.greeting_interrupted = spoken, interrupted
+        return [CommitTurn(bot.job, bot.kind, spoken, interrupted, latency)]
+
+    def _do_pending_action(self, now: float) -> list[Action]:
+        assert self._pending_action is not None
+        action, reason = self._pending_action
+        self._pending_action = None
+        if action == "transfer":
+            self.ended = True
+            return [Transfer(reason or "requested"), CallEnded("transferred to a human")]
+        if action == "hangup":
+            self.ended = True
+            return [Hangup(), CallEnded("the bot ended the call")]
+        raise ValueError(f"unknown reply action {action!r}")
+
+    def _end(self, reason: str, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if self._caller is not None and self._caller.stt_job is not None:
+            actions.append(Cancel(self._caller.stt_job))
+        bot = self._bot
+        if bot is not None:
+            if bot.finished is None:
+                actions.append(Cancel(bot.job))
+            if bot.sentences:
+                actions += self._commit(bot, interrupted=not bot.all_played)
+        self._bot = self._caller = None
+        self.ended = True
+        return [*actions, CallEnded(reason)]

@@ -270,6 +270,24 @@ def test_file_store_uses_wal_and_records_the_schema_version(tmp_path):
         raw.close()
 
 
+def test_a_version_1_store_migrates_forward_and_keeps_its_calls(tmp_path):
+    from voicebot.store import MIGRATIONS
+
+    db = tmp_path / "calls.db"
+    raw = sqlite3.connect(db)
+    for statement in MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.execute("INSERT INTO calls (call_id, caller, channel, started_at) VALUES ('CAold', NULL, 'chat', 'x')")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with open_store(str(db)) as store:
+        assert store.get_call("CAold")["greeting"] is None
+        store.record_greeting("CAold", "Hi, thanks for calling.", True, {"barge_in": 320.0})
+        greeting = store.get_call("CAold")["greeting"]
+    assert greeting == {"text": "Hi, thanks for calling.", "interrupted": True, "latency_ms": {"barge_in": 320.0}}
+
+
 def test_a_store_from_a_newer_voicebot_is_refused(tmp_path):
     db = tmp_path / "calls.db"
     open_store(str(db)).close()

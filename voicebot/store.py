@@ -90,6 +90,10 @@ class Store(ABC):
         """Close a call; ending twice keeps the first end time and any reason already given."""
 
     @abstractmethod
+    def record_greeting(self, call_id: str, spoken_text: str, interrupted: bool, latency_ms: dict) -> None:
+        """Record the greeting as far as the caller heard it."""
+
+    @abstractmethod
     def create_ticket(self, call_id: str, caller: str | None, category: str, summary: str) -> Ticket:
         """Open a ticket with a new short, speakable id."""
 
@@ -241,6 +245,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX calls_started_at ON calls(started_at)",
         "CREATE INDEX tickets_call_id ON tickets(call_id)",
         "CREATE INDEX tickets_created_at ON tickets(created_at)",
+    ),
+    (  # 2: the greeting as heard (a caller who talks over it cuts it, and that is worth knowing)
+        "ALTER TABLE calls ADD COLUMN greeting_text TEXT",
+        "ALTER TABLE calls ADD COLUMN greeting_interrupted INTEGER",
+        "ALTER TABLE calls ADD COLUMN greeting_latency_ms TEXT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -408,6 +417,15 @@ class SqliteStore(Store):
                 (utc_now(), handoff_reason, call_id),
             )
 
+    def record_greeting(self, call_id: str, spoken_text: str, interrupted: bool, latency_ms: dict) -> None:
+        with self._transaction(f"record the greeting of call {call_id}") as conn:
+            self._require_call(conn, call_id)
+            conn.execute(
+                "UPDATE calls SET greeting_text = ?, greeting_interrupted = ?, greeting_latency_ms = ? "
+                "WHERE call_id = ?",
+                (spoken_text, int(interrupted), json.dumps(latency_ms), call_id),
+            )
+
     def create_ticket(self, call_id: str, caller: str | None, category: str, summary: str) -> Ticket:
         with self._transaction(f"create a ticket for call {call_id}") as conn:
             self._require_call(conn, call_id)
@@ -455,11 +473,14 @@ class SqliteStore(Store):
             ).fetchall()
         return [Ticket(*row) for row in rows]
 
-    _CALL_COLUMNS = "call_id, caller, channel, started_at, ended_at, handoff_reason"
+    _CALL_COLUMNS = (
+        "call_id, caller, channel, started_at, ended_at, handoff_reason, greeting_text, greeting_interrupted, "
+        "greeting_latency_ms"
+    )
 
     @staticmethod
     def _call_json(row: tuple, ticket_ids: list[str]) -> dict:
-        call_id, caller, channel, started_at, ended_at, handoff_reason = row
+        call_id, caller, channel, started_at, ended_at, handoff_reason, greeting, interrupted, latency = row
         return {
             "call_id": call_id,
             "caller": mask_number(caller),
@@ -468,6 +489,9 @@ class SqliteStore(Store):
             "ended_at": ended_at,
             "tickets": ticket_ids,
             "handoff": handoff_reason,
+            "greeting": None
+            if greeting is None
+            else {"text": greeting, "interrupted": bool(interrupted), "latency_ms": json.loads(latency or "{}")},
         }
 
     def get_call(self, call_id: str) -> dict | None:

@@ -158,7 +158,7 @@ def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(vad, utterance):
     assert of(ClearAudio, out) and Cancel(job) in out
     (commit,) = of(CommitTurn, out)
     assert commit.interrupted and commit.spoken_text == "Hi, thanks for calling Northwind Shop."
-    assert 300 <= commit.latency_ms["barge_in"] <= 450
+    assert 250 <= commit.latency_ms["barge_in"] <= 350
     assert d.session.greeting_interrupted
     # Twilio returns the cleared mark: it must not count as heard.
     assert d.send(MarkEchoed(marks[1], d.t)) == []
@@ -201,7 +201,7 @@ def test_dtmf_zero_asks_for_a_human_and_transfers_after_the_reply(vad):
     marks = d.speak(job, ["Hi there."])
     d.send(MarkEchoed(marks[0], d.t))
     (respond,) = of(Respond, d.send(DtmfIn("0", d.t)))
-    assert respond.kind == "dtmf" and respond.text == "0"
+    assert respond.kind == "dtmf" and respond.text == "human"
     assert d.send(DtmfIn("7", d.t)) == [], "unmapped digits are ignored"
     marks = d.speak(respond.job, ["Connecting you to a colleague now."], action="transfer")
     out = d.send(MarkEchoed(marks[0], d.t))

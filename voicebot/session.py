@@ -162,7 +162,8 @@ class Transcribe:
 
 @dataclass(frozen=True)
 class Respond:
-    """Produce the bot's reply: `kind` is "greeting", "text" (a caller utterance), "dtmf" or "prompt"."""
+    """Produce the bot's reply: `kind` is "greeting", "text" (a caller utterance), "dtmf" (`text` is the key's
+    meaning from the DTMF map, e.g. "human") or "prompt" (`text` is the line to say)."""
 
     job: int
     kind: str
@@ -210,7 +211,7 @@ Action = PlayAudio | SendMark | ClearAudio | Transcribe | Respond | Cancel | Com
 
 @dataclass(frozen=True)
 class SessionOptions:
-    barge_in_ms: int = 300  # caller speech needed to interrupt the bot
+    barge_in_ms: int = 250  # caller speech (as the VAD hears it) needed to interrupt the bot
     barge_in_guard_ms: int = 300  # speech starting this soon after the bot starts talking never interrupts
     preroll_ms: int = 300  # audio kept before the VAD's speech onset so the first syllable is transcribed
     max_turn_ms: int = 30_000  # a turn longer than this is cut and answered
@@ -453,7 +454,7 @@ class CallSession:
         actions: list[Action] = []
         if self.bot_speaking or self._bot is not None:
             actions += self._barge_in(event.now)
-        return actions + self._respond("dtmf", event.digit, event.now)
+        return actions + self._respond("dtmf", meaning, event.now)
 
     # ------------------------------------------------------------ the bot's replies
 

@@ -1,5 +1,11 @@
 """Speech to text: faster-whisper (CTranslate2, int8 on CPU) with guards against text invented on silence.
 
+Whisper's encoder is built for 30 s windows and faster-whisper always pads to one, so a 3 s turn costs as
+much as a 30 s one (~1 s on 2 cores). A caller's turn is short, so by default the encoder gets a 10 s window
+(twice the audio when that is longer): measured on 40 spoken caller questions at 8 kHz, word error rate
+0.20 against 0.23 with the full window, at 0.39 s instead of 1.43 s a turn. Windows just longer than the
+audio (audio + 1 s) break recognition (WER 0.95), hence the floor. Turns longer than 15 s use the full path.
+
 Whisper is known to "hear" stock phrases in silence and noise ("Thanks for watching!"). A transcript is
 dropped when the model itself says it is probably not speech, when it is one of those phrases, or when the
 audio is too quiet to hold speech at all.
@@ -42,6 +48,7 @@ class SttOptions:
     no_speech_threshold: float = 0.6  # drop when no_speech_prob is above this and confidence is low
     logprob_threshold: float = -1.0
     min_rms: float = 0.003  # float audio in [-1, 1]; quieter than this is line noise, not a caller
+    short_window_frames: int = 1000  # encoder window for short turns (10 ms frames); 3000 = Whisper's full 30 s
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,19 @@ def _normalise(text: str) -> str:
 class WhisperTranscriber:
     def __init__(self, folder, *, threads: int = 2, options: SttOptions | None = None) -> None:
         from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
 
         self.options = options or SttOptions()
         self._model = WhisperModel(
             str(folder), device="cpu", compute_type="int8", cpu_threads=threads, local_files_only=True
         )
+        self._tokenizer = Tokenizer(
+            self._model.hf_tokenizer,
+            self._model.model.is_multilingual,
+            task="transcribe",
+            language=self.options.language,
+        )
+        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Transcribe 16 kHz mono float32 audio in [-1, 1]."""
@@ -75,6 +90,42 @@ class WhisperTranscriber:
         rms = float(np.sqrt(np.mean(audio**2))) if audio.size else 0.0
         if rms < self.options.min_rms:
             return Transcript("", 1.0, 0.0, rejected=f"audio too quiet (rms {rms:.4f})")
+        features = self._model.feature_extractor(audio)
+        frames = features.shape[1]
+        if frames * 2 <= 3000 and self.options.short_window_frames < 3000:
+            text, no_speech, logprob = self._transcribe_short(
+                features, max(self.options.short_window_frames, 2 * frames)
+            )
+        else:
+            text, no_speech, logprob = self._transcribe_long(audio)
+        rejected = None
+        if no_speech > self.options.no_speech_threshold and logprob < self.options.logprob_threshold:
+            rejected = f"probably not speech (no_speech_prob {no_speech:.2f}, avg_logprob {logprob:.2f})"
+        elif _normalise(text) in SILENCE_PHRASES:
+            rejected = f"stock phrase Whisper invents on silence: {text!r}"
+        return Transcript(text, no_speech, logprob, rejected)
+
+    def _transcribe_short(self, features: np.ndarray, window: int) -> tuple[str, float, float]:
+        """One encoder pass over a `window`-frame window instead of 30 s, then greedy decoding."""
+        import ctranslate2
+
+        padded = np.zeros((features.shape[0], window), dtype=np.float32)
+        padded[:, : features.shape[1]] = features[:, :window]
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
+        result = self._model.model.generate(
+            encoded,
+            [self._prompt],
+            beam_size=self.options.beam_size,
+            max_length=160,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        text = self._tokenizer.decode(result.sequences_ids[0]).strip()
+        return text, float(result.no_speech_prob), float(result.scores[0]) if result.scores else 0.0
+
+    def _transcribe_long(self, audio: np.ndarray) -> tuple[str, float, float]:
         segments, _info = self._model.transcribe(
             audio,
             language=self.options.language,
@@ -88,12 +139,7 @@ class WhisperTranscriber:
         text = " ".join(s.text.strip() for s in segments).strip()
         no_speech = max((s.no_speech_prob for s in segments), default=1.0)
         logprob = min((s.avg_logprob for s in segments), default=0.0)
-        rejected = None
-        if no_speech > self.options.no_speech_threshold and logprob < self.options.logprob_threshold:
-            rejected = f"probably not speech (no_speech_prob {no_speech:.2f}, avg_logprob {logprob:.2f})"
-        elif _normalise(text) in SILENCE_PHRASES:
-            rejected = f"stock phrase Whisper invents on silence: {text!r}"
-        return Transcript(text, no_speech, logprob, rejected)
+        return text, no_speech, logprob
 
 
 def load_transcriber(models: ModelSettings, voice: VoiceSettings) -> WhisperTranscriber:

@@ -17,12 +17,15 @@ import numpy as np
 from voicebot.config import ModelSettings
 from voicebot.model_paths import model_path
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=\S)")
+# A sentence ends at . ! or ? (after any closing quote or bracket) followed by more text.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=\S)")
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split text where a listener hears a sentence end; keeps the punctuation."""
-    return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    """`text` cut after each sentence end, punctuation kept: the unit the bot speaks, caches and marks.
+
+    Joining the pieces with single spaces gives `text` back (whitespace normalised)."""
+    return [piece for piece in _SENTENCE_END.split(text.strip()) if piece]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,120 @@
+"""The loaded voice agent: every model a call needs, loaded and warmed once per process, shared by all calls.
+
+Warm means: the Whisper encoder has run once, the LLM has the static system prompt in its KV cache, and the
+greeting, fixed prompts and every knowledge-base answer are already synthesized at phone rate — so the
+first caller gets the same latency as the hundredth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from voicebot.config import Settings
+from voicebot.dialog import Conversation, DialogEngine
+from voicebot.session import CallSession, SessionOptions
+from voicebot.stt import WhisperTranscriber, load_transcriber
+from voicebot.tts import load_synthesizer
+from voicebot.tts_cache import PhoneSpeech
+from voicebot.vad import SileroVad, VadOptions, load_vad
+
+log = logging.getLogger(__name__)
+
+
+def parse_dtmf_map(text: str) -> dict[str, str]:
+    """`"0=human,9=repeat"` → `{"0": "human", "9": "repeat"}`; the setting is `voice.dtmf_map`."""
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        digit, sep, meaning = item.partition("=")
+        digit, meaning = digit.strip(), meaning.strip()
+        if not sep or digit not in set("0123456789*#") or len(digit) != 1 or not meaning:
+            raise ValueError(f"voice.dtmf_map entry {item!r} must look like DIGIT=meaning, e.g. 0=human")
+        mapping[digit] = meaning
+    return mapping
+
+
+class VoiceAgent:
+    """Models shared by every call of the process, and the factory for each call's session."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dialog: DialogEngine,
+        transcriber: WhisperTranscriber,
+        speech: PhoneSpeech,
+        vad: SileroVad,
+    ) -> None:
+        self.settings, self.dialog, self.transcriber, self.speech, self.vad = (
+            settings,
+            dialog,
+            transcriber,
+            speech,
+            vad,
+        )
+        voice = settings.voice
+        self.session_options = SessionOptions(
+            barge_in_ms=voice.barge_in_ms,
+            barge_in_guard_ms=voice.barge_in_guard_ms,
+            dtmf_map=parse_dtmf_map(voice.dtmf_map),
+        )
+        self.vad_options = VadOptions.from_voice(voice)
+
+    @classmethod
+    def load(cls, settings: Settings, dialog: DialogEngine) -> VoiceAgent:
+        """Load STT, TTS and VAD next to an already built dialog engine."""
+        return cls(
+            settings,
+            dialog,
+            load_transcriber(settings.models, settings.voice),
+            PhoneSpeech(load_synthesizer(settings.models)),
+            load_vad(settings.models),
+        )
+
+    def warm_up(self, *, kb_answers: bool = True) -> float:
+        """Run each model once and pre-synthesize the fixed prompts (and KB answers) at phone rate.
+
+        Returns the seconds it took."""
+        start = time.perf_counter()
+        self.transcriber.transcribe(np.zeros(16_000, dtype=np.float32) + 0.01)
+        self.dialog.warm_up()
+        texts = list(self.dialog.fixed_prompts())
+        texts.append(self.session_options.sorry_prompt)
+        if kb_answers:
+            texts += [entry.answer for entry in self.dialog.index.entries]
+        made = self.speech.prepare(texts)
+        warm = time.perf_counter() - start
+        log.info("warm-up: %.1f s, %d sentences synthesized ahead", warm, made)
+        return warm
+
+    def open_call(self, call_id: str, caller: str | None, channel: str) -> tuple[CallSession, Conversation]:
+        """A fresh session and conversation for one call."""
+        session = CallSession(self.vad.stream(self.vad_options), self.session_options)
+        return session, self.dialog.conversation(call_id, caller, channel)
+
+
+def build_agent(
+    settings: Settings,
+    kb_path: Path | None = None,
+    store_url: str | None = None,
+    *,
+    warm: bool = True,
+    progress: bool = False,
+) -> VoiceAgent:
+    """Everything a call needs, loaded (and warmed): the one entry point for serve, mic, replay and bench.
+
+    `kb_path` defaults to `dialog.kb_path`, then the sample KB; `store_url` to `store.url`.
+    """
+    from voicebot.kb import SAMPLE_KB
+    from voicebot.store import open_store
+
+    store = open_store(store_url or settings.store.url)
+    dialog = DialogEngine.load(
+        settings, kb_path=kb_path or settings.dialog.kb_path or SAMPLE_KB, store=store, progress=progress
+    )
+    agent = VoiceAgent.load(settings, dialog)
+    if warm:
+        agent.warm_up()
+    return agent

@@ -1,0 +1,211 @@
+"""The thin asyncio layer under a CallSession: runs its jobs in threads and its actions on a transport.
+
+Events from the transport (audio, DTMF, marks, hang-up) and from finished jobs go through one queue into the
+session, so the session sees one ordered stream and needs no locks. Jobs run in worker threads because
+CTranslate2, onnxruntime and llama.cpp release the GIL; a cancelled job is told to stop between sentences
+(and between LLM tokens) and its late results are dropped by the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from voicebot.agent import VoiceAgent
+from voicebot.dialog import Conversation, Reply
+from voicebot.session import (
+    Action,
+    CallEnded,
+    CallSession,
+    Cancel,
+    ClearAudio,
+    CommitTurn,
+    Event,
+    Hangup,
+    PlayAudio,
+    ReplyFinished,
+    Respond,
+    SendMark,
+    SentenceReady,
+    Transcribe,
+    Transcribed,
+    Transfer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """Where the call's audio goes: the Twilio socket, the local speaker, or a replay's virtual phone."""
+
+    async def play(self, pcm: np.ndarray) -> None: ...
+    async def mark(self, name: str) -> None: ...
+    async def clear(self) -> None: ...
+    async def transfer(self, reason: str) -> None: ...
+    async def hangup(self) -> None: ...
+
+
+@dataclass
+class _Job:
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    reply: Reply | None = None
+    task: asyncio.Task | None = None
+
+
+class CallRunner:
+    """Drives one call: `push` events in, `run` until the session ends."""
+
+    def __init__(
+        self,
+        agent: VoiceAgent,
+        session: CallSession,
+        conversation: Conversation,
+        transport: Transport,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.agent, self.session, self.conversation, self.transport = agent, session, conversation, transport
+        self.clock = clock
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._jobs: dict[int, _Job] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.end_reason: str | None = None
+        self.done = asyncio.Event()
+
+    @property
+    def busy(self) -> bool:
+        """Work is queued or running for this call."""
+        return not self._queue.empty() or any(j.task is not None and not j.task.done() for j in self._jobs.values())
+
+    def push(self, event: Event) -> None:
+        """Queue an event (from the event loop's thread)."""
+        self._queue.put_nowait(event)
+
+    async def run(self) -> str:
+        """Process events until the session ends; returns why it ended."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            while not self.session.ended:
+                event = await self._queue.get()
+                for action in self.session.handle(event):
+                    await self._execute(action)
+        finally:
+            for job in self._jobs.values():
+                job.cancelled.set()
+            self.conversation.end()
+            self.done.set()
+        return self.end_reason or "ended"
+
+    async def idle(self) -> None:
+        """Wait until every queued event is handled and no job is running (lock-step replay)."""
+        while not self.session.ended and self.busy:
+            running = [j.task for j in self._jobs.values() if j.task is not None and not j.task.done()]
+            await (asyncio.wait(running) if running else asyncio.sleep(0))
+
+    # ------------------------------------------------------------ actions
+
+    async def _execute(self, action: Action) -> None:
+        match action:
+            case PlayAudio():
+                await self.transport.play(action.pcm)
+            case SendMark():
+                await self.transport.mark(action.name)
+            case ClearAudio():
+                await self.transport.clear()
+            case Transcribe():
+                self._start(action.job, self._transcribe, action)
+            case Respond():
+                self._start(action.job, self._respond, action)
+            case Cancel():
+                job = self._jobs.get(action.job)
+                if job is not None:
+                    job.cancelled.set()
+            case CommitTurn():
+                self._commit(action)
+            case Transfer():
+                await self.transport.transfer(action.reason)
+            case Hangup():
+                await self.transport.hangup()
+            case CallEnded():
+                self.end_reason = action.reason
+
+    def _start(self, job_id: int, work: Callable[[_Job, Action], None], action: Action) -> None:
+        job = _Job()
+        self._jobs[job_id] = job
+        job.task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._guard, work, job, action))
+
+    def _guard(self, work: Callable[[_Job, Action], None], job: _Job, action: Action) -> None:
+        try:
+            work(job, action)
+        except Exception:  # a failing job must not leave the caller in silence: say so and log it
+            log.exception("call %s: job %s failed", self.conversation.call_id, action)
+            if isinstance(action, Respond):
+                self._post(ReplyFinished(action.job, "fallback", None, None, None, None, self.clock()))
+
+    def _post(self, event: Event) -> None:
+        """Hand an event from a worker thread to the call's loop."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    # ------------------------------------------------------------ jobs (worker threads)
+
+    def _transcribe(self, job: _Job, action: Transcribe) -> None:
+        start = time.perf_counter()
+        transcript = self.agent.transcriber.transcribe(action.audio)
+        if not job.cancelled.is_set():
+            elapsed = (time.perf_counter() - start) * 1000
+            self._post(Transcribed(action.job, transcript, elapsed, self.clock()))
+
+    def _respond(self, job: _Job, action: Respond) -> None:
+        if action.kind == "greeting":
+            reply = self.conversation.greeting()
+        elif action.kind == "dtmf":
+            reply = self.conversation.respond_dtmf(action.text)
+        elif action.kind == "prompt":
+            reply = self.conversation.prompt(action.text)
+        else:
+            reply = self.conversation.respond(action.text, cancelled=job.cancelled.is_set)
+        job.reply = reply
+        for sentence in reply.sentences:
+            if job.cancelled.is_set():
+                break
+            pcm, tts_ms = self.agent.speech.sentence(sentence)
+            if job.cancelled.is_set():
+                break
+            self._post(SentenceReady(action.job, sentence, pcm, tts_ms, self.clock()))
+        if job.cancelled.is_set():
+            reply.cancel()
+            return
+        self._post(
+            ReplyFinished(
+                action.job,
+                reply.route,
+                reply.action,
+                reply.reason,
+                reply.route_ms,
+                reply.llm_first_token_ms,
+                self.clock(),
+            )
+        )
+
+    def _commit(self, action: CommitTurn) -> None:
+        job = self._jobs.get(action.job)
+        if job is None:
+            return
+        if job.reply is None and job.task is not None and not job.task.done():
+            # Cut off before the dialog had even decided: record the turn once it has.
+            job.task.add_done_callback(lambda _: self._commit(action))
+            return
+        if job.reply is not None:
+            self.conversation.commit(
+                job.reply, action.spoken_text, interrupted=action.interrupted, latency_ms=action.latency_ms
+            )
+            if job.reply.kind == "turn" and not self.session.ended:
+                # While the reply plays, put this turn into the LLM's cache: the next LLM answer starts sooner.
+                asyncio.get_running_loop().run_in_executor(None, self.conversation.prefill)

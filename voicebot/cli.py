@@ -8,12 +8,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models import FetchError, ManifestError, MissingArtifact, State, check, fetch, load_manifest
 from models.fetch import remove_stale_partials
 from voicebot.config import ConfigError, Settings, load_settings
 from voicebot.kb import SAMPLE_KB, KbError, load_kb
 from voicebot.store import Store, StoreError, Ticket, mask_number, mask_url, open_store, speak_ticket_id
+
+if TYPE_CHECKING:
+    from voicebot.dialog import Conversation, Reply
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -286,6 +290,245 @@ def _add_kb_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_kb_build)
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    server = settings.server
+    server.host = args.host or server.host
+    server.port = args.port or server.port
+    server.media_port = args.media_port or server.media_port
+    server.insecure = server.insecure or args.insecure
+    settings.dialog.kb_path = args.kb or settings.dialog.kb_path
+    settings.store.url = args.db or settings.store.url
+    if args.print_config:
+        print(json.dumps(settings.display(), indent=2))
+        return 0
+    from telephony.server import run
+
+    return run(settings)
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="answer Twilio calls: media WebSocket, TwiML webhook, health and metrics",
+        description="Answer phone calls from Twilio in one process. HTTP on --port: the voice webhook "
+        "(POST or GET /twiml), the stream status callback (POST /stream-status), /healthz and /metrics "
+        "(Prometheus). The Media Streams WebSocket (/media) on --media-port. Models are loaded and warmed "
+        "before the ports open. SIGTERM or Ctrl-C stops taking calls and lets live ones finish for up to "
+        "server.shutdown_timeout_s. Without TWILIO_AUTH_TOKEN only a loopback address is allowed.",
+    )
+    p.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, help="HTTP port (default: server.port, 8080)")
+    p.add_argument("--media-port", type=_positive_int, help="media WebSocket port (default: server.media_port, 8081)")
+    p.add_argument("--kb", type=Path, help="knowledge base file (default: dialog.kb_path, else samples/kb.json)")
+    p.add_argument("--db", metavar="URL", help="store URL or file (default: setting store.url, $VOICEBOT_STORE_URL)")
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file ($VOICEBOT_CONFIG)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without TWILIO_AUTH_TOKEN (only behind something that authenticates)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the settings (secrets masked) and exit")
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from voicebot.dialog import DialogEngine
+    from voicebot.store import new_call_id
+
+    kb_path = args.kb or settings.dialog.kb_path or SAMPLE_KB
+    load_kb(kb_path)  # a broken file fails in milliseconds, before the models take seconds to load
+    prompt = "you> " if sys.stdin.isatty() else ""
+    with open_store(args.db or settings.store.url) as store:
+        engine = DialogEngine.load(settings, kb_path=kb_path, store=store)
+        engine.warm_up()
+        conversation = engine.conversation(new_call_id("chat"), args.caller, "chat")
+        try:
+            _chat_say(conversation, conversation.greeting(), time.perf_counter())
+            while True:
+                try:
+                    line = input(prompt).strip()
+                except EOFError:
+                    break
+                if not line:
+                    continue
+                started = time.perf_counter()
+                reply = conversation.respond(line)
+                _chat_say(conversation, reply, started)
+                if reply.action is not None:
+                    what = "transferred the call to a colleague" if reply.action == "transfer" else "hung up"
+                    print(f"(the bot {what}{f': {reply.reason}' if reply.reason else ''})", flush=True)
+                    break
+        finally:
+            conversation.end()
+        print(f"call id: {conversation.call_id}")
+    return 0
+
+
+def _chat_say(conversation: Conversation, reply: Reply, started: float) -> None:
+    """Print a reply with its route and latencies, and record it as heard in full."""
+    sentences = []
+    first_sentence = None
+    for sentence in reply.sentences:
+        first_sentence = first_sentence or (time.perf_counter() - started) * 1000
+        sentences.append(sentence)
+    text = " ".join(sentences)
+    latency = {"first_sentence": first_sentence, "reply": (time.perf_counter() - started) * 1000}
+    if reply.kind == "turn":
+        print(f"bot [{' '.join(filter(None, (reply.route, reply.faq_id)))}]> {text}", flush=True)
+        print(f"    ({_latencies({**reply.timings(), **latency})} ms)", flush=True)
+    else:
+        print(f"bot> {text}", flush=True)
+    conversation.commit(reply, text, interrupted=False, latency_ms={k: round(v or 0.0, 1) for k, v in latency.items()})
+    conversation.prefill()  # on a call this runs while the reply is spoken; here the reader is reading it
+
+
+def _add_chat_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "chat",
+        help="talk to the bot in text (stdin to stdout), recorded like a call",
+        description="Type what a caller would say; the bot answers with the same dialog core as a phone call "
+        "(knowledge base, LLM, tickets, hand-off) and prints each reply with its route and latencies. Reads "
+        "stdin line by line, so it works piped (echo 'my parcel arrived broken' | voicebot chat). Ends at end of "
+        "input or when the bot hangs up or transfers, and prints the call id for `voicebot calls show`.",
+    )
+    p.add_argument(
+        "--kb", type=Path, metavar="FILE", help="knowledge base file (default: dialog.kb_path, else samples/kb.json)"
+    )
+    p.add_argument("--db", metavar="URL", help="store URL or file (default: setting store.url, $VOICEBOT_STORE_URL)")
+    p.add_argument("--caller", metavar="NUMBER", help="the caller's phone number to record (default: none)")
+    p.set_defaults(handler=cmd_chat)
+
+
+def _load_agent(args: argparse.Namespace, settings: Settings):
+    """Load and warm every model for a voice command, telling the user what the wait is for."""
+    from voicebot.agent import build_agent
+
+    kb_path = args.kb or settings.dialog.kb_path or SAMPLE_KB
+    load_kb(kb_path)  # a broken file fails in milliseconds, before the models take seconds to load
+    print("loading and warming the models (STT, LLM, TTS, VAD, embedder)...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    agent = build_agent(settings, kb_path, args.db)
+    print(f"ready in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return agent
+
+
+def print_call(call: dict) -> None:
+    """A call record as a readable conversation with per-turn latencies."""
+    greeting = call.get("greeting") or {}
+    if greeting:
+        cut = " [interrupted]" if greeting.get("interrupted") else ""
+        print(f"bot> {greeting.get('text') or '(nothing heard)'}{cut}")
+    for turn in call.get("turns", []):
+        where = " ".join(filter(None, (turn["route"], turn.get("faq_id"))))
+        print(f"caller> {turn['caller_text']}")
+        cut = " [interrupted]" if turn.get("interrupted") else ""
+        print(f"bot [{where}]> {turn['reply_text']}{cut}")
+        print(f"    ({_latencies(turn.get('latency_ms') or {})} ms)")
+    extras = [f"tickets: {', '.join(call['tickets'])}" if call.get("tickets") else "",
+              f"hand-off: {call['handoff']}" if call.get("handoff") else ""]
+    print(f"call {call['call_id']}" + "".join(f"; {e}" for e in extras if e))
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from voicebot.audio import write_wav_pcm16
+    from voicebot.replay import phone_audio, replay_call
+
+    phone_audio(args.wav)  # an unreadable recording fails before the models load
+    agent = _load_agent(args, settings)
+    result = asyncio.run(replay_call(agent, args.wav, speed=args.speed))
+    if args.out:
+        write_wav_pcm16(args.out, result.heard, 8000)
+    if args.json:
+        print(json.dumps(result.record, indent=2))
+    else:
+        print_call(result.record)
+        print(f"{result.media_s:.1f} s of call replayed in {result.wall_s:.1f} s; ended: {result.end_reason}")
+        if args.out:
+            print(f"what the caller heard: {args.out}")
+    return 0
+
+
+def cmd_mic(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from voicebot.mic import AudioDeviceError, open_sound_device, talk
+
+    try:
+        device = open_sound_device()  # no sound card: say so before spending seconds on the models
+    except AudioDeviceError as exc:
+        print(f"voicebot: error: {exc}", file=sys.stderr)
+        return 3
+    call = asyncio.run(talk(_load_agent(args, settings), device))
+    print_call(call)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from voicebot.bench import bench
+
+    calls = sorted(args.calls.glob("*.wav")) if args.calls.is_dir() else [args.calls]
+    if not calls:
+        print(f"voicebot: error: no .wav recordings in {args.calls}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    agent = _load_agent(args, settings)
+    out = args.out or Path("bench/results") / time.strftime("bench-%Y%m%dT%H%M%SZ.json", time.gmtime())
+    bench(agent, calls, runs=args.runs, speed=args.speed, load_s=time.perf_counter() - started, out=out)
+    return 0
+
+
+def _add_voice_parsers(commands: argparse._SubParsersAction) -> None:
+    def agent_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--kb", type=Path, metavar="FILE", help="knowledge base (default: dialog.kb_path, else samples/kb.json)"
+        )
+        p.add_argument("--db", metavar="URL", help="store URL or file (default: setting store.url)")
+
+    p = commands.add_parser(
+        "replay",
+        help="run a recorded call through the full voice pipeline, offline",
+        description="Feed a recorded call (any WAV rate; converted to 8 kHz mu-law as the phone delivers it) "
+        "through the same call session as a live call, with the real models, in simulated real time. DTMF "
+        "presses come from CALL.json beside CALL.wav if present. Prints the conversation with per-turn "
+        "latencies (or the call record with --json) and can write what the caller heard.",
+    )
+    p.add_argument("wav", type=Path, metavar="CALL.wav", help="the recording of the caller's side")
+    p.add_argument("--out", type=Path, metavar="heard.wav", help="write what the caller heard (8 kHz WAV)")
+    p.add_argument("--json", action="store_true", help="print the call record as JSON")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="1 = real time (default), N = N times faster, 0 = lock-step: each step waits for the "
+                   "work it started, so the outcome does not depend on machine load")
+    agent_options(p)
+    p.set_defaults(handler=cmd_replay)
+
+    p = commands.add_parser(
+        "mic",
+        help="talk to the bot through this machine's microphone and speaker",
+        description="A call through the local sound card (PortAudio): the bot greets you, listens, answers, "
+        "and stops talking when you talk over it. Ctrl-C ends the call. Exits 3 when there is no usable "
+        "microphone or speaker.",
+    )
+    agent_options(p)
+    p.set_defaults(handler=cmd_mic)
+
+    p = commands.add_parser(
+        "bench",
+        help="measure turn latencies on recorded calls and write JSON",
+        description="Replay recorded calls in real time with the real models and report, per route, the "
+        "median and p90 of every stage (endpoint, STT, route, LLM first token, TTS, first audio out) and the "
+        "barge-in reaction time, against the targets: knowledge-base answer < 700 ms, LLM answer < 1200 ms, "
+        "barge-in < 400 ms (p50). Writes the report as JSON.",
+    )
+    p.add_argument("--calls", type=Path, default=Path("samples/calls"), help="a .wav or a folder of them")
+    p.add_argument("--runs", type=_positive_int, default=2, help="replays of each call (default 2)")
+    p.add_argument("--speed", type=float, default=1.0, help="1 = real time (the honest number; default)")
+    p.add_argument("--out", type=Path, help="JSON report path (default bench/results/bench-<time>.json)")
+    agent_options(p)
+    p.set_defaults(handler=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voicebot",
@@ -326,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     list_p.set_defaults(handler=cmd_models_list)
     _add_store_parsers(commands)
     _add_kb_parser(commands)
+    _add_chat_parser(commands)
+    _add_serve_parser(commands)
+    _add_voice_parsers(commands)
     return parser
 
 

@@ -360,6 +360,15 @@ def define_calls(kb: dict[str, str]) -> list[Call]:
             expect([{"route_in": ["llm", "fallback"]}]),
             tail_ms=REPLY_GAP_MS,
         ),
+        Call(
+            "llm_grounded",
+            "A question the KB covers only in part, in the caller's own words: it scores below the read-as-written "
+            "band, so the LLM answers from the closest entries (route llm). Measures the LLM answer's latency.",
+            slt,
+            [Say("what happens if my parcel gets lost in the post?", at_ms=CALLER_START_MS)],
+            expect([{"route": "llm"}]),
+            tail_ms=REPLY_GAP_MS,
+        ),
     ]
 
 

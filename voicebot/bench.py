@@ -4,8 +4,9 @@ Numbers, not assertions: the machine is shared and noisy, so the benchmark print
 and writes them as JSON for comparison between changes. What it measures, per caller turn:
 `first_audio_out` (caller stops talking → first bot audio leaves, the number callers feel), split into
 endpoint (VAD silence wait), stt (waiting for the transcript after the endpoint), route, llm_first_token and
-tts_first_audio; and for barge-ins, caller speech onset → `clear` sent. Targets (p50, 2 cores, embedded
-models): knowledge-base answer < 700 ms, LLM answer < 1200 ms, barge-in < 400 ms.
+tts_first_audio; and for barge-ins, the caller's first sound (from the call's sidecar) → `clear` sent.
+Targets (p50, 2 cores, embedded models): knowledge-base answer < 700 ms, LLM answer < 1200 ms, barge-in
+< 400 ms.
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ def _p90(values: list[float]) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 1)
 
 
+def caller_onsets(wav: Path) -> list[float]:
+    """Where each utterance of the call really starts (sidecar `script[].at_ms`), if the call has a sidecar."""
+    sidecar = wav.with_suffix(".json")
+    if not sidecar.exists():
+        return []
+    return sorted(float(step["at_ms"]) for step in json.loads(sidecar.read_text())["script"] if "say" in step)
+
+
+def with_true_barge_in(latency: dict, onsets: list[float]) -> dict:
+    """Add `barge_in_from_sound`: the caller's first sound (known from the sidecar) to the clear.
+
+    The session can only count from where the VAD first heard speech, which is 10-150 ms after a soft onset.
+    """
+    clear_at = latency.get("clear_at_media_ms")
+    started = [t for t in onsets if clear_at is not None and t <= clear_at]
+    if not started:
+        return latency
+    return {**latency, "barge_in_from_sound": round(clear_at - started[-1], 1)}
+
+
 def summarise(samples: list[TurnSample]) -> dict:
     """Medians and p90s of every stage, by route, plus barge-in reaction times."""
     by_route: dict[str, dict] = {}
@@ -55,16 +76,20 @@ def summarise(samples: list[TurnSample]) -> dict:
             values = [float(s.latency_ms[stage]) for s in turns if s.latency_ms.get(stage) is not None]
             stages[stage] = {"p50": _median(values), "p90": _p90(values), "n": len(values)}
         by_route[route] = {"turns": len(turns), "stages_ms": stages}
-    barge = [float(s.latency_ms["barge_in"]) for s in samples if s.latency_ms.get("barge_in") is not None]
-    return {"by_route": by_route, "barge_in_ms": {"p50": _median(barge), "p90": _p90(barge), "n": len(barge)}}
+    barge = {}
+    for key in ("barge_in", "barge_in_from_sound"):
+        values = [float(s.latency_ms[key]) for s in samples if s.latency_ms.get(key) is not None]
+        barge[key] = {"p50": _median(values), "p90": _p90(values), "n": len(values)}
+    return {"by_route": by_route, "barge_in_ms": barge}
 
 
 def verdicts(summary: dict) -> dict[str, dict]:
     """Each target with its measured p50 and whether it is met (None when nothing was measured)."""
     out = {}
     for name, target in TARGETS_MS.items():
-        if name == "barge_in":
-            p50 = summary["barge_in_ms"]["p50"]
+        if name == "barge_in":  # the honest number: from the caller's first sound where the sidecar knows it
+            measured = summary["barge_in_ms"]
+            p50 = measured["barge_in_from_sound"]["p50"] or measured["barge_in"]["p50"]
         else:
             p50 = summary["by_route"].get(name, {}).get("stages_ms", {}).get("first_audio_out", {}).get("p50")
         out[name] = {"target_ms": target, "p50_ms": p50, "met": None if p50 is None else p50 < target}
@@ -76,11 +101,13 @@ async def run_bench(agent: VoiceAgent, calls: list[Path], *, runs: int, speed: f
     for run in range(runs):
         for wav in calls:
             result = await replay_call(agent, wav, speed=speed)
-            for turn in result.record.get("turns", []):
-                samples.append(TurnSample(wav.stem, run, turn["route"], turn.get("latency_ms") or {}))
+            onsets = caller_onsets(wav)
             greeting = result.record.get("greeting") or {}
+            replies = [(t["route"], t.get("latency_ms") or {}) for t in result.record.get("turns", [])]
             if greeting.get("latency_ms", {}).get("barge_in") is not None:
-                samples.append(TurnSample(wav.stem, run, "greeting", greeting["latency_ms"]))
+                replies.append(("greeting", greeting["latency_ms"]))
+            for route, latency in replies:
+                samples.append(TurnSample(wav.stem, run, route, with_true_barge_in(latency, onsets)))
             print(f"  run {run + 1}/{runs} {wav.stem:<20} {result.media_s:5.1f} s of call in {result.wall_s:5.1f} s")
     return samples
 
@@ -114,8 +141,10 @@ def bench(agent: VoiceAgent, calls: list[Path], *, runs: int, speed: float, load
 
 def print_report(report: dict) -> None:
     summary = report["summary"]
-    print(f"\nturn latencies, ms (p50 / p90 over {report['runs']} run(s); load+warm {report['load_and_warm_s']} s, "
-          f"peak RSS {report['peak_rss_mb']} MB)")
+    print(
+        f"\nturn latencies, ms (p50 / p90 over {report['runs']} run(s); load+warm {report['load_and_warm_s']} s, "
+        f"peak RSS {report['peak_rss_mb']} MB)"
+    )
     header = f"{'route':<10}{'n':>4}" + "".join(f"{s:>18}" for s in STAGES)
     print(header)
     for route, data in summary["by_route"].items():
@@ -124,8 +153,9 @@ def print_report(report: dict) -> None:
             st = data["stages_ms"][stage]
             cells.append(f"{'-' if st['p50'] is None else st['p50']:>9} /{'-' if st['p90'] is None else st['p90']:>7}")
         print(f"{route:<10}{data['turns']:>4}" + "".join(f"{c:>18}" for c in cells))
-    barge = summary["barge_in_ms"]
-    print(f"barge-in (caller onset → clear): p50 {barge['p50']} ms, p90 {barge['p90']} ms, n={barge['n']}")
+    for key, what in (("barge_in_from_sound", "caller's first sound"), ("barge_in", "VAD onset")):
+        barge = summary["barge_in_ms"][key]
+        print(f"barge-in ({what} → clear): p50 {barge['p50']} ms, p90 {barge['p90']} ms, n={barge['n']}")
     for name, verdict in report["targets"].items():
         state = {True: "met", False: "MISSED", None: "not measured"}[verdict["met"]]
         print(f"target {name:<9} < {verdict['target_ms']:.0f} ms: p50 {verdict['p50_ms']} ms  {state}")

@@ -432,8 +432,9 @@ class CallSession:
         actions: list[Action] = [ClearAudio()]
         if bot is None:
             return actions
-        if caller is not None:  # media time from the caller's first sound to our clear
+        if caller is not None:  # media time from the caller's first sound (as the VAD heard it) to our clear
             bot.latency["barge_in"] = float(self._media_ms - caller.onset_ms)
+            bot.latency["clear_at_media_ms"] = float(self._media_ms)
         self._cleared_marks.update(mark for _, mark in bot.sentences if mark not in bot.echoed)
         if bot.finished is None:
             actions.append(Cancel(bot.job))

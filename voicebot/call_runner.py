@@ -172,15 +172,17 @@ class CallRunner:
         else:
             reply = self.conversation.respond(action.text, cancelled=job.cancelled.is_set)
         job.reply = reply
-        for sentence in reply.sentences:
-            if job.cancelled.is_set():
-                break
-            pcm, tts_ms = self.agent.speech.sentence(sentence)
-            if job.cancelled.is_set():
-                break
-            self._post(SentenceReady(action.job, sentence, pcm, tts_ms, self.clock()))
+        try:
+            for sentence in reply.sentences:
+                if job.cancelled.is_set():
+                    break
+                pcm, tts_ms = self.agent.speech.sentence(sentence)
+                if job.cancelled.is_set():
+                    break
+                self._post(SentenceReady(action.job, sentence, pcm, tts_ms, self.clock()))
+        finally:
+            reply.cancel()  # an LLM stream left open would keep the shared model locked for every call
         if job.cancelled.is_set():
-            reply.cancel()
             return
         self._post(
             ReplyFinished(

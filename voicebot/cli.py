@@ -424,8 +424,10 @@ def print_call(call: dict) -> None:
         cut = " [interrupted]" if turn.get("interrupted") else ""
         print(f"bot [{where}]> {turn['reply_text']}{cut}")
         print(f"    ({_latencies(turn.get('latency_ms') or {})} ms)")
-    extras = [f"tickets: {', '.join(call['tickets'])}" if call.get("tickets") else "",
-              f"hand-off: {call['handoff']}" if call.get("handoff") else ""]
+    extras = [
+        f"tickets: {', '.join(call['tickets'])}" if call.get("tickets") else "",
+        f"hand-off: {call['handoff']}" if call.get("handoff") else "",
+    ]
     print(f"call {call['call_id']}" + "".join(f"; {e}" for e in extras if e))
 
 
@@ -497,9 +499,13 @@ def _add_voice_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("wav", type=Path, metavar="CALL.wav", help="the recording of the caller's side")
     p.add_argument("--out", type=Path, metavar="heard.wav", help="write what the caller heard (8 kHz WAV)")
     p.add_argument("--json", action="store_true", help="print the call record as JSON")
-    p.add_argument("--speed", type=float, default=1.0,
-                   help="1 = real time (default), N = N times faster, 0 = lock-step: each step waits for the "
-                   "work it started, so the outcome does not depend on machine load")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="1 = real time (default), N = N times faster, 0 = lock-step: each step waits for the "
+        "work it started, so the outcome does not depend on machine load",
+    )
     agent_options(p)
     p.set_defaults(handler=cmd_replay)
 

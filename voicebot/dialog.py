@@ -16,6 +16,7 @@ and stops generating when the caller barges in. What the caller actually heard c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -85,7 +86,9 @@ class Reply:
         """Stop producing sentences (the caller barged in); an LLM generation stops at its next token."""
         close = getattr(self.sentences, "close", None)
         if close is not None:
-            close()
+            # ValueError: a worker thread is iterating it right now; it checks `cancelled` and stops itself.
+            with contextlib.suppress(ValueError):
+                close()
 
     def timings(self) -> dict[str, float | None]:
         """The dialog's stage latencies, as recorded with the turn."""

@@ -38,7 +38,11 @@ class LlamaChat:
     def stream(
         self, messages: Sequence[Message], *, max_tokens: int = 80, temperature: float = 0.2, stop: Sequence[str] = ()
     ) -> Iterator[str]:
-        """Yield the reply's text pieces as they are generated; closing the iterator stops generation."""
+        """Yield the reply's text pieces as they are generated; closing the iterator stops generation.
+
+        The model stays locked from the first piece until the iterator is exhausted or closed, so callers must
+        close it (`contextlib.closing`, or `close()` in a `finally`) when they stop early.
+        """
         with self._lock:
             chunks = self._llama.create_chat_completion(
                 messages=[{"role": m.role, "content": m.content} for m in messages],
@@ -60,7 +64,8 @@ class LlamaChat:
         return "".join(self.stream(messages, **kwargs)).strip()
 
     def token_count(self, text: str) -> int:
-        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        with self._lock:
+            return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
 
 def load_llm(models: ModelSettings, dialog: DialogSettings) -> LlamaChat:

@@ -194,8 +194,6 @@ def _is_pictograph(ch: str) -> bool:
     return unicodedata.category(ch) in ("So", "Sk", "Cs", "Co") or 0xFE00 <= ord(ch) <= 0xFE0F or ch == "\u200d"
 
 
-
-
 class SentenceCutter:
     """Turns a stream of LLM text pieces into speakable sentences (or long clauses) as soon as each is complete.
 

@@ -1,0 +1,73 @@
+"""Changing a live call through Twilio's REST API: hand it to a person, or hang it up.
+
+Both go through twilio's own `Client` (`calls(sid).update(...)`), which blocks, so each request runs in a
+worker thread. The API origin can be pointed elsewhere (`server.twilio_api_url`), which is how the tests put
+the real client in front of a local fake of the Calls endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from telephony.twiml import dial_human
+from voicebot.config import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class CallControlError(RuntimeError):
+    """A call could not be changed; the message says which call, what Twilio answered and what to fix."""
+
+
+class CallControl:
+    def __init__(self, account_sid: str, auth_token: str, api_url: str = "", timeout_s: float = 10.0) -> None:
+        self._client: Client | None = None
+        if account_sid and auth_token:
+            self._client = Client(account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout_s))
+            if api_url:
+                self._client.api.base_url = api_url.rstrip("/")
+
+    @classmethod
+    def from_settings(cls, server: ServerSettings) -> CallControl:
+        return cls(server.twilio_account_sid, server.twilio_auth_token, server.twilio_api_url)
+
+    async def transfer(self, call_sid: str, human_number: str) -> None:
+        """Replace the call's TwiML with a `<Dial>` to `human_number`; Twilio then stops our stream."""
+        if not human_number:
+            raise CallControlError(
+                f"cannot transfer call {call_sid}: server.human_number is not set "
+                "(set VOICEBOT_SERVER_HUMAN_NUMBER to the number that takes over, e.g. +15550100)"
+            )
+        await asyncio.to_thread(self._update, call_sid, "transfer", twiml=dial_human(human_number))
+
+    async def hangup(self, call_sid: str) -> None:
+        """End the call (`status=completed`); a call that is already gone is fine."""
+        await asyncio.to_thread(self._update, call_sid, "hang up", status="completed")
+
+    def _update(self, call_sid: str, what: str, **changes: str) -> None:
+        if self._client is None:
+            raise CallControlError(
+                f"cannot {what} call {call_sid}: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN so voicebot may use "
+                "Twilio's REST API"
+            )
+        try:
+            self._client.calls(call_sid).update(**changes)
+        except TwilioRestException as exc:
+            if exc.status == 404:  # the caller hung up first: nothing left to change
+                log.info("call %s was already gone when asked to %s", call_sid, what)
+                return
+            raise CallControlError(
+                f"cannot {what} call {call_sid}: Twilio answered HTTP {exc.status} "
+                f"(error {exc.code}): {exc.msg}; check the account SID, auth token and the call's state"
+            ) from exc
+        except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+            raise CallControlError(
+                f"cannot {what} call {call_sid}: Twilio's API did not answer ({type(exc).__name__}: {exc}); "
+                "check the network, or server.twilio_api_url if set"
+            ) from exc
+        log.info("call %s: %s done", call_sid, what)

@@ -1,0 +1,158 @@
+"""Who may talk to the server: Twilio request signatures and one-time stream tokens.
+
+Three checks, each refused and counted on failure:
+- the voice webhook and the stream status callback carry `X-Twilio-Signature`, an HMAC-SHA1 of the full URL
+  Twilio requested plus the sorted POST parameters, keyed with the account's auth token. The URL is rebuilt
+  from the configured public URL, never from Host or X-Forwarded-* headers, which a client controls;
+- the media WebSocket upgrade carries the same header, computed over the `wss://` URL exactly as written in
+  the TwiML and no parameters;
+- the TwiML hands Twilio a random one-time token as a `<Parameter>`; the stream's `start` message must bring
+  it back (compared in constant time) before any audio is processed. The token also remembers the CallSid
+  and the caller's number from the webhook, which the media socket never sees otherwise.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twilio.request_validator import RequestValidator
+
+from voicebot.config import ConfigError, ServerSettings
+
+log = logging.getLogger(__name__)
+
+MEDIA_PATH = "/media"
+TWIML_PATH = "/twiml"
+STATUS_PATH = "/stream-status"
+
+
+@dataclass(frozen=True)
+class PublicUrls:
+    """The URLs Twilio uses to reach this server; signatures are computed over exactly these."""
+
+    origin: str  # https://host[/prefix], or the local http://host:port when no public URL is set
+    stream_url: str  # wss://host[/prefix]/media, or ws://host:media_port/media locally
+    status_url: str
+
+    @classmethod
+    def from_settings(cls, server: ServerSettings) -> PublicUrls:
+        if not server.public_url:
+            host = f"[{server.host}]" if ":" in server.host else server.host
+            origin = f"http://{host}:{server.port}"
+            return cls(origin, f"ws://{host}:{server.media_port}{MEDIA_PATH}", origin + STATUS_PATH)
+        parts = urlsplit(server.public_url)
+        if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(
+                f"server.public_url {server.public_url!r} must be an https:// URL with no query, e.g. "
+                "https://bot.example.com (Twilio reaches the media socket over wss:// on the same host)"
+            )
+        origin = server.public_url.rstrip("/")
+        return cls(origin, "wss://" + origin.removeprefix("https://") + MEDIA_PATH, origin + STATUS_PATH)
+
+    def webhook_url(self, path_qs: str) -> str:
+        """The URL Twilio requested, for a request that reached us at `path_qs` (path plus query string)."""
+        return self.origin + path_qs
+
+
+class SignatureChecker:
+    """Verifies `X-Twilio-Signature`. With no auth token configured every check passes (the server then
+    listens on loopback only, or where `--insecure` allowed)."""
+
+    def __init__(self, auth_token: str, urls: PublicUrls) -> None:
+        self._validator = RequestValidator(auth_token) if auth_token else None
+        self.urls = urls
+
+    @property
+    def enabled(self) -> bool:
+        return self._validator is not None
+
+    def webhook_ok(self, path_qs: str, params: Mapping[str, str], signature: str | None) -> bool:
+        """A webhook request: the public URL of `path_qs` plus its POST parameters (none for GET)."""
+        if self._validator is None:
+            return True
+        return bool(signature) and self._validator.validate(self.urls.webhook_url(path_qs), params, signature)
+
+    def upgrade_ok(self, signature: str | None) -> bool:
+        """The media WebSocket upgrade: the `wss://` stream URL as the TwiML wrote it, no parameters."""
+        if self._validator is None:
+            return True
+        return bool(signature) and self._validator.validate(self.urls.stream_url, {}, signature)
+
+
+@dataclass(frozen=True)
+class StreamGrant:
+    """What the webhook learned about the call, handed to the media socket that redeems its token."""
+
+    call_sid: str
+    caller: str | None
+
+
+class StreamTokens:
+    """One-time tokens: issued by the webhook per CallSid, redeemed once by that call's stream `start`,
+    forgotten after `ttl_s` (Twilio connects the stream within a second or two of fetching the TwiML)."""
+
+    def __init__(self, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._issued: dict[str, tuple[str, StreamGrant, float]] = {}  # call sid -> (token, grant, expiry)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for call_sid in [sid for sid, (_, _, expiry) in self._issued.items() if expiry <= now]:
+            del self._issued[call_sid]
+
+    @property
+    def pending(self) -> int:
+        """Tokens issued and not yet redeemed or expired: calls on their way to the media socket."""
+        self._expire()
+        return len(self._issued)
+
+    def issue(self, call_sid: str, caller: str | None) -> str:
+        """A fresh token for `call_sid` (a retried webhook replaces the earlier one)."""
+        self._expire()
+        token = secrets.token_urlsafe(24)
+        self._issued[call_sid] = (token, StreamGrant(call_sid, caller or None), self._clock() + self.ttl_s)
+        return token
+
+    def redeem(self, call_sid: str, token: str) -> StreamGrant | None:
+        """The grant if `token` is the one issued for `call_sid` and still valid; it can't be used again."""
+        self._expire()
+        issued = self._issued.get(call_sid)
+        if issued is None or not hmac.compare_digest(issued[0].encode(), token.encode()):
+            return None
+        del self._issued[call_sid]
+        return issued[1]
+
+
+def check_exposure(server: ServerSettings) -> None:
+    """Refuse settings that would expose an unauthenticated server or that signatures can't be checked with;
+    warn when the checks are off on loopback. Run it before loading models, so a mistake fails in a second."""
+    PublicUrls.from_settings(server)
+    if server.twilio_auth_token and not server.public_url:
+        raise ConfigError(
+            "TWILIO_AUTH_TOKEN is set but server.public_url is not: signatures are computed over the public URL "
+            "Twilio calls, so set VOICEBOT_PUBLIC_URL (e.g. https://bot.example.com)"
+        )
+    if server.twilio_auth_token:
+        return
+    try:
+        loopback = server.host == "localhost" or ipaddress.ip_address(server.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not server.insecure:
+        raise ConfigError(
+            f"refusing to listen on {server.host} without TWILIO_AUTH_TOKEN: anyone could place calls and read "
+            "the bot's answers. Set TWILIO_AUTH_TOKEN (and VOICEBOT_PUBLIC_URL), listen on 127.0.0.1, or pass "
+            "--insecure (server.insecure) if something in front of voicebot authenticates requests"
+        )
+    log.warning(
+        "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked%s",
+        "" if loopback else f" and the server listens on {server.host} (--insecure)",
+    )

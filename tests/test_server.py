@@ -1,0 +1,481 @@
+"""`voicebot serve` end to end: a real server on 127.0.0.1 with the real warmed agent and a real SQLite store,
+the Twilio simulator as the phone network, and a local fake of Twilio's REST API behind the real twilio client.
+
+The sample calls run at SPEED times real time (the server paces against the call's media clock, so the bot's
+timing scales with the caller's); the three concurrent calls run in real time. Everything Twilio would check
+is checked: signatures, tokens, message shapes, chunk sizes and the lead of the audio sent ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from fake_twilio import FakeTwilio
+from sample_calls import SAMPLE_CALLS, check_record
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from telephony.metrics import Registry
+from telephony.protocol import Play, TwilioStreamWriter, parse_outbound
+from telephony.server import VoiceServer, _chunks
+from telephony.simulator import Endpoint, SimulatedCall, fetch_twiml, simulate_call, stream_target
+from telephony.twiml import dial_human
+from voicebot import cli
+from voicebot.agent import build_agent
+from voicebot.audio import Resampler, pcm16_to_float
+from voicebot.config import ServerSettings, Settings
+from voicebot.kb import SAMPLE_KB
+
+CALLS = SAMPLE_CALLS
+AC = "AC" + "5" * 32
+AUTH = "test-auth-token-0123456789abcdef"
+PUBLIC = "https://voicebot.test"
+HUMAN = "+15550100123"
+SPEED = 2.0
+MAX_LEAD_MS = 200
+
+
+@pytest.fixture(scope="module")
+def agent(settings: Settings, tmp_path_factory: pytest.TempPathFactory):
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('server') / 'calls.db'}"
+    agent = build_agent(settings, SAMPLE_KB, store_url)
+    yield agent
+    agent.dialog.store.close()
+
+
+@pytest.fixture
+def fake_twilio():
+    with FakeTwilio(AC, AUTH) as fake:
+        yield fake
+
+
+Scenario = Callable[[VoiceServer], Awaitable[None]]
+
+
+def run_server(settings: Settings, agent, fake: FakeTwilio, scenario: Scenario, **changes: object) -> None:
+    """Start a server on free ports, run `scenario` against it, shut it down."""
+
+    async def main() -> None:
+        server_settings = ServerSettings(
+            port=0,
+            media_port=0,
+            twilio_account_sid=AC,
+            twilio_auth_token=AUTH,
+            public_url=PUBLIC,
+            twilio_api_url=fake.url,
+            human_number=HUMAN,
+        )
+        server = VoiceServer(
+            dataclasses.replace(settings, server=dataclasses.replace(server_settings, **changes)), agent
+        )
+        await server.start()
+        try:
+            await scenario(server)
+        finally:
+            await server.shutdown(timeout_s=0)
+
+    asyncio.run(main())
+
+
+async def place_call(server: VoiceServer, wav: Path, **options: object) -> SimulatedCall:
+    """Run the simulator on its own thread and event loop, as the phone network is its own machine: the
+    server's work must not stall the caller's clock (that would make its lead measurement meaningless)."""
+    phone_network = ThreadPoolExecutor(1)  # not the default pool: the server runs its jobs there
+    try:
+        call = simulate_call(endpoint(server), wav, **options)
+        return await asyncio.get_running_loop().run_in_executor(phone_network, asyncio.run, call)
+    finally:
+        phone_network.shutdown(wait=False)  # never block the server's loop the simulator talks to
+
+
+def endpoint(server: VoiceServer, auth_token: str = AUTH) -> Endpoint:
+    return Endpoint(
+        f"http://127.0.0.1:{server.http_port}",
+        server.server.public_url,
+        f"ws://127.0.0.1:{server.media_port}/media",
+        auth_token,
+        AC,
+    )
+
+
+async def http(server: VoiceServer, method: str, path: str, **kwargs) -> tuple[int, str, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"http://127.0.0.1:{server.http_port}{path}", **kwargs) as response,
+    ):
+        return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+
+async def metric(server: VoiceServer, series: str) -> float:
+    _, _, text = await http(server, "GET", "/metrics")
+    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def signed(url: str, params: dict[str, str]) -> dict[str, str]:
+    return {"X-Twilio-Signature": RequestValidator(AUTH).compute_signature(url, params)}
+
+
+def webhook_form(call_sid: str) -> dict[str, str]:
+    return {"CallSid": call_sid, "AccountSid": AC, "From": "+15550100199", "To": "+15550100000"}
+
+
+@asynccontextmanager
+async def media_socket(server: VoiceServer, headers: dict[str, str] | None = None) -> AsyncIterator:
+    url = f"ws://127.0.0.1:{server.media_port}/media"
+    headers = signed(f"wss://{PUBLIC.removeprefix('https://')}/media", {}) if headers is None else headers
+    async with connect(url, additional_headers=headers) as ws:
+        yield ws
+
+
+async def token_for(server: VoiceServer, call_sid: str) -> str:
+    target = stream_target(await fetch_twiml(endpoint(server), call_sid, "+15550100199"))
+    assert target is not None
+    return target[1]["token"]
+
+
+async def closed_with(ws) -> int | None:
+    """Read until the server closes the socket; its close code."""
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    return ws.close_code
+
+
+async def until_idle(server: VoiceServer) -> None:
+    """Wait until the server has finished with every call (records read, metrics counted)."""
+    async with asyncio.timeout(10):
+        while server.calls_active:
+            await asyncio.sleep(0.02)
+
+
+def assert_paced(call: SimulatedCall) -> None:
+    assert call.chunk_ms, "no audio reached the caller"
+    assert min(call.chunk_ms) >= 20 and max(call.chunk_ms) <= 60, sorted(set(call.chunk_ms))
+    assert call.max_lead_ms <= MAX_LEAD_MS
+
+
+def assert_expected(call: SimulatedCall, record: dict, expect: dict, fake: FakeTwilio) -> None:
+    """The sidecar's `expect` against the stored call record and what reached Twilio's REST API."""
+    assert check_record(record, expect) == [], record
+    assert record["ended_at"] is not None
+    requests = fake.for_call(call.call_sid)
+    if expect["handoff"]:
+        assert [r.form["Twiml"] for r in requests] == [dial_human(HUMAN)]
+    elif expect["hangup"]:
+        assert [r.form for r in requests] == [{"Status": "completed"}]
+    else:
+        assert requests == []
+    if requests:  # only once the farewell's last mark came back from the phone
+        assert call.closed_by_server and requests[0].at > max(call.mark_echo_wall)
+
+
+# ---------------------------------------------------------------- units of the server layer
+
+
+def test_outbound_chunks_are_20_to_60_ms():
+    for samples in (1, 100, 159, 160, 320, 321, 480, 481, 3333, 8000):
+        chunks = _chunks(b"\x00" * samples)
+        assert b"".join(chunks)[:samples] == b"\x00" * samples
+        assert all(160 <= len(c) <= 480 for c in chunks), (samples, [len(c) for c in chunks])
+    assert _chunks(b"") == []
+
+
+def test_metrics_render_prometheus_text():
+    registry = Registry()
+    registry.counter("x_total", "Things.", ("kind",)).inc(kind='a"b')
+    registry.gauge("y", "Now.").set(3)
+    hist = registry.histogram("z_seconds", "Time.", ("stage",))
+    hist.observe(0.25, stage="stt")
+    hist.observe(20, stage="stt")
+    text = registry.render()
+    assert 'x_total{kind="a\\"b"} 1' in text
+    assert "# TYPE y gauge\ny 3" in text
+    assert 'z_seconds_bucket{stage="stt",le="0.3"} 1' in text
+    assert 'z_seconds_bucket{stage="stt",le="+Inf"} 2' in text
+    assert 'z_seconds_count{stage="stt"} 2' in text and 'z_seconds_sum{stage="stt"} 20.25' in text
+
+
+# ---------------------------------------------------------------- HTTP: webhook, status, health, metrics
+
+
+def test_webhook_signature_valid_invalid_missing(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        form = webhook_form("CA" + "a" * 32)
+        status, ctype, body = await http(server, "POST", "/twiml", data=form, headers=signed(PUBLIC + "/twiml", form))
+        assert status == 200 and ctype.startswith("text/xml")
+        assert '<Connect><Stream statusCallback="https://voicebot.test/stream-status"' in body
+        assert 'url="wss://voicebot.test/media"' in body and '<Parameter name="token" value="' in body
+        forged = signed("http://127.0.0.1/twiml", form)  # signed for the address the request came in on
+        assert (await http(server, "POST", "/twiml", data=form, headers=forged))[0] == 403
+        assert (await http(server, "POST", "/twiml", data=form))[0] == 403
+        query = "/twiml?CallSid=CA" + "b" * 32
+        assert (await http(server, "GET", query, headers=signed(PUBLIC + query, {})))[0] == 200
+        assert await metric(server, 'voicebot_auth_failures_total{check="webhook_signature"}') == 2
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def test_stream_status_callback_is_signed_and_counts_stream_errors(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        form = {"CallSid": "CA1", "StreamSid": "MZ1", "StreamEvent": "stream-error", "StreamError": "31920"}
+        headers = signed(PUBLIC + "/stream-status", form)
+        assert (await http(server, "POST", "/stream-status", data=form, headers=headers))[0] == 204
+        assert (await http(server, "POST", "/stream-status", data=form))[0] == 403
+        assert await metric(server, 'voicebot_errors_total{kind="stream_error"}') == 1
+        assert await metric(server, 'voicebot_auth_failures_total{check="status_signature"}') == 1
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def test_capacity_refusal_is_polite(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        first = await fetch_twiml(endpoint(server), "CA" + "1" * 32, "+15550100199")  # holds the only line
+        assert "<Stream" in first
+        busy = await place_call(server, CALLS[0], call_sid="CA" + "2" * 32)
+        assert busy.refused
+        assert "All our lines are busy" in busy.twiml and f"<Dial>{HUMAN}</Dial>" in busy.twiml
+        assert await metric(server, 'voicebot_calls_refused_total{reason="capacity"}') == 1
+
+    run_server(settings, agent, fake_twilio, scenario, max_calls=1)
+
+    async def no_human(server: VoiceServer) -> None:
+        await fetch_twiml(endpoint(server), "CA" + "3" * 32, "+15550100199")
+        twiml = await fetch_twiml(endpoint(server), "CA" + "4" * 32, "+15550100199")
+        assert "Please call again soon" in twiml and "<Hangup />" in twiml and "<Dial" not in twiml
+
+    run_server(settings, agent, fake_twilio, no_human, max_calls=1, human_number="")
+
+
+def test_healthz_and_metrics_format(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        status, ctype, body = await http(server, "GET", "/healthz")
+        assert status == 200 and ctype.startswith("application/json")
+        assert json.loads(body) == {"status": "ok", "calls_active": 0, "max_calls": 4}
+        status, ctype, text = await http(server, "GET", "/metrics")
+        assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+        sample = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)+\})? -?[0-9.e+Inf]+$')
+        for line in text.splitlines():
+            assert line.startswith(("# HELP ", "# TYPE ")) or sample.match(line), line
+        for name in ("calls_active", "calls_total", "turns_total", "tickets_total", "handoffs_total", "errors_total"):
+            assert f"# TYPE voicebot_{name} " in text
+        assert "# TYPE voicebot_stage_latency_seconds histogram" in text
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+# ---------------------------------------------------------------- media socket: signatures, tokens, protocol
+
+
+def test_upgrade_signature_invalid_or_missing_closes_1008(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        wrong = signed("wss://elsewhere.test/media", {})
+        for headers in (wrong, {}):
+            async with media_socket(server, headers) as ws:
+                assert await closed_with(ws) == 1008
+                assert "X-Twilio-Signature" in ws.close_reason
+        assert await metric(server, 'voicebot_auth_failures_total{check="upgrade_signature"}') == 2
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def test_stream_token_wrong_or_reused_is_refused(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        call_sid = "CA" + secrets.token_hex(16)
+        token = await token_for(server, call_sid)
+        writer = TwilioStreamWriter("MZ" + secrets.token_hex(16), call_sid, AC)
+        async with media_socket(server) as ws:
+            await ws.send(writer.connected())
+            await ws.send(writer.start({"token": token[:-1] + "x"}))
+            assert await closed_with(ws) == 1008
+        async with media_socket(server) as ws:  # the right token works once...
+            await ws.send(writer.start({"token": token}))
+            assert isinstance(parse_outbound(await asyncio.wait_for(ws.recv(), 10), writer.stream_sid), Play)
+            await ws.send(writer.stop())
+        writer = TwilioStreamWriter("MZ" + secrets.token_hex(16), call_sid, AC)
+        async with media_socket(server) as ws:  # ...and never again
+            await ws.send(writer.start({"token": token}))
+            assert await closed_with(ws) == 1008
+        assert await metric(server, 'voicebot_auth_failures_total{check="stream_token"}') == 2
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "kind"),
+    [
+        ("media", 1002, "media_before_start"),
+        ('{"event": "start", "start": ', 1002, "bad_json"),
+        (b"\xff" * 160, 1003, "binary_frame"),
+    ],
+)
+def test_protocol_faults_before_start_close_the_socket(settings, agent, fake_twilio, message, code, kind):
+    async def scenario(server: VoiceServer) -> None:
+        writer = TwilioStreamWriter("MZ" + secrets.token_hex(16), "CA" + secrets.token_hex(16), AC)
+        async with media_socket(server) as ws:
+            await ws.send(writer.connected())
+            await ws.send(writer.media(b"\xff" * 160, 0) if message == "media" else message)
+            assert await closed_with(ws) == code
+        assert await metric(server, f'voicebot_errors_total{{kind="{kind}"}}') == 1
+        assert server.calls_active == 0
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def test_unknown_event_is_counted_and_the_call_goes_on(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        call_sid = "CA" + secrets.token_hex(16)
+        writer = TwilioStreamWriter("MZ" + secrets.token_hex(16), call_sid, AC)
+        token = await token_for(server, call_sid)
+        async with media_socket(server) as ws:
+            await ws.send(writer.connected())
+            await ws.send(json.dumps({"event": "something-new", "streamSid": writer.stream_sid}))
+            await ws.send(writer.start({"token": token}))
+            await ws.send(json.dumps({"event": "another-one"}))
+            await ws.send(writer.media(b"\xff" * 160, 0))
+            assert isinstance(parse_outbound(await asyncio.wait_for(ws.recv(), 10), writer.stream_sid), Play)
+            await ws.send(writer.stop())
+        assert await metric(server, 'voicebot_errors_total{kind="unknown_event"}') == 2
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def test_wrong_stream_sid_mid_call_ends_the_call_and_keeps_its_record(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        call_sid = "CA" + secrets.token_hex(16)
+        writer = TwilioStreamWriter("MZ" + secrets.token_hex(16), call_sid, AC)
+        token = await token_for(server, call_sid)
+        async with media_socket(server) as ws:
+            await ws.send(writer.start({"token": token}))
+            await ws.send(writer.media(b"\xff" * 160, 0))
+            await ws.send(TwilioStreamWriter("MZother", call_sid, AC).media(b"\xff" * 160, 20))
+            assert await closed_with(ws) == 1002
+        await until_idle(server)
+        assert await metric(server, 'voicebot_errors_total{kind="wrong_stream_sid"}') == 1
+        record = agent.dialog.store.get_call(call_sid)
+        assert record is not None and record["ended_at"] is not None
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+@pytest.mark.parametrize("send_stop", [True, False], ids=["stop-mid-reply", "early-disconnect"])
+def test_caller_leaving_mid_reply_ends_the_call_cleanly(settings, agent, fake_twilio, send_stop):
+    async def scenario(server: VoiceServer) -> None:
+        call = await place_call(server, CALLS[0], speed=SPEED, hang_up_at_ms=1500, send_stop=send_stop)
+        assert not call.closed_by_server and call.chunk_ms  # the greeting was playing
+        await until_idle(server)
+        record = agent.dialog.store.get_call(call.call_sid)
+        assert record["ended_at"] is not None and record["turns"] == []
+        assert record["greeting"]["interrupted"]  # cut where the caller left
+        assert fake_twilio.for_call(call.call_sid) == []  # nothing to hang up: the caller is gone
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def test_shutdown_with_a_live_call(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        wav = next(c for c in CALLS if c.stem == "multi_turn")
+        live = asyncio.create_task(place_call(server, wav, speed=1.0))
+        async with asyncio.timeout(10):
+            while server.calls_active == 0:
+                await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(server.shutdown(timeout_s=1.0))
+        await asyncio.sleep(0.2)
+        status, _, body = await http(server, "GET", "/healthz")
+        assert status == 503 and json.loads(body)["status"] == "draining"
+        refused = await place_call(server, wav, call_sid="CA" + "9" * 32)
+        assert refused.refused
+        call = await live
+        await stopping
+        assert call.closed_by_server and call.close_code == 1001
+        record = agent.dialog.store.get_call(call.call_sid)
+        assert record["ended_at"] is not None  # flushed
+        assert server.metrics.calls_refused.value(reason="shutting_down") == 1
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+# ---------------------------------------------------------------- calls end to end
+
+
+@pytest.mark.parametrize("wav", CALLS, ids=[c.stem for c in CALLS])
+def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
+    expect = json.loads(wav.with_suffix(".json").read_text())["expect"]
+
+    async def scenario(server: VoiceServer) -> None:
+        call = await place_call(server, wav, speed=SPEED, heard_wav=tmp_path / "heard.wav")
+        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        assert record is not None and record["channel"] == "twilio" and record["caller"] == "+1555***0199"
+        assert_expected(call, record, expect, fake_twilio)
+        assert_paced(call)
+        assert (tmp_path / "heard.wav").stat().st_size > 44
+        answered = [t for t in call.latencies if t.first_audio_ms is not None]
+        assert len(answered) >= len(expect["turns"])
+        await until_idle(server)
+        assert await metric(server, "voicebot_calls_total") == 1
+        assert await metric(server, "voicebot_tickets_total") == expect["tickets"]
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def _transcribe_heard(agent, heard: np.ndarray) -> set[str]:
+    resampler = Resampler(8000, 16000)
+    audio = np.concatenate([resampler.process(pcm16_to_float(heard)), resampler.flush()])
+    return set(re.findall(r"[a-z]+", agent.transcriber.transcribe(audio[-30 * 16000 :]).text.lower()))
+
+
+def test_three_concurrent_calls_stay_isolated(settings, agent, fake_twilio):
+    names = ("faq_returns", "complaint_ticket", "human_request")
+    wavs = [next(c for c in CALLS if c.stem == name) for name in names]
+    callers = ["+15550100111", "+15550100222", "+15550100333"]
+
+    async def scenario(server: VoiceServer) -> None:
+        calls = await asyncio.gather(
+            *(place_call(server, wav, caller=caller) for wav, caller in zip(wavs, callers, strict=True))
+        )
+        store = agent.dialog.store
+        records = [store.get_call(call.call_sid) for call in calls]
+        for wav, call, record in zip(wavs, calls, records, strict=True):
+            assert_expected(call, record, json.loads(wav.with_suffix(".json").read_text())["expect"], fake_twilio)
+            assert_paced(call)
+        ticket = store.get_ticket(records[1]["tickets"][0])
+        assert ticket.call_id == calls[1].call_sid and ticket.caller == callers[1]
+        assert [r.call_sid for r in fake_twilio.requests] == [calls[2].call_sid]
+        # Each caller heard their own bot: the words heard overlap their own call's replies the most.
+        replies = [set(re.findall(r"[a-z]+", " ".join(t["reply_text"] for t in r["turns"]).lower())) for r in records]
+        for i, call in enumerate(calls):
+            heard = await asyncio.to_thread(_transcribe_heard, agent, call.heard)
+            overlaps = [len(heard & words) / max(1, len(words)) for words in replies]
+            assert overlaps.index(max(overlaps)) == i, (names[i], overlaps, heard)
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+# ---------------------------------------------------------------- the serve command
+
+
+def test_serve_refuses_an_exposed_server_without_a_token(monkeypatch, capsys):
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "refusing to listen on 0.0.0.0 without TWILIO_AUTH_TOKEN" in capsys.readouterr().err
+
+
+def test_serve_print_config_masks_secrets(monkeypatch, capsys):
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH)
+    assert cli.main(["serve", "--port", "9090", "--media-port", "9091", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    server = json.loads(out)["server"]
+    assert (server["port"], server["media_port"]) == (9090, 9091)
+    assert AUTH not in out and server["twilio_auth_token"].startswith("***")

@@ -79,9 +79,14 @@ class CallRunner:
         self.done = asyncio.Event()
 
     @property
+    def working(self) -> bool:
+        """A job (transcription, reply) is running for this call."""
+        return any(j.task is not None and not j.task.done() for j in self._jobs.values())
+
+    @property
     def busy(self) -> bool:
-        """Work is queued or running for this call."""
-        return not self._queue.empty() or any(j.task is not None and not j.task.done() for j in self._jobs.values())
+        """Events are queued or a job is running for this call."""
+        return not self._queue.empty() or self.working
 
     def push(self, event: Event) -> None:
         """Queue an event (from the event loop's thread)."""

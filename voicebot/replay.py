@@ -133,7 +133,7 @@ async def replay_call(
             runner.push(DtmfIn(presses.pop(0)[1], now))
         i += 1
         if i >= frames:  # the recording is over: wait for the bot to finish, then hang up
-            busy = phone.buffer.pending_samples > 0 or session.bot_speaking or runner.busy
+            busy = phone.buffer.pending_samples > 0 or session.bot_speaking or runner.working
             quiet_frames = 0 if busy else quiet_frames + 1
             if quiet_frames * FRAME_MS >= 1000 or (i - frames) * FRAME_MS >= tail_ms:
                 break

@@ -299,7 +299,7 @@ class CallSession:
             case ReplyFinished():
                 return self._on_reply_finished(event)
             case CallerHungUp():
-                return self._end("caller hung up", event.now)
+                return self._end("caller hung up")
         raise TypeError(f"CallSession cannot handle {event!r}")
 
     @property
@@ -324,7 +324,7 @@ class CallSession:
                     actions += self._drop_transcription()
                 case SpeechEnd():
                     actions += self._on_turn_end(vad_event, event.now)
-        actions += self._check_barge_in(event.now)
+        actions += self._check_barge_in()
         if self._caller is None:
             self._trim_audio()
         elif self.vad.in_speech and self._media_ms - self._caller.onset_ms > self.options.max_turn_ms:
@@ -400,7 +400,7 @@ class CallSession:
             return []
         actions: list[Action] = []
         if self.bot_speaking:  # short speech that did not pass the gate but says something real
-            actions += self._barge_in(now, caller)
+            actions += self._barge_in(caller)
         text = transcript.text
         if self._responding is not None:  # the caller added to a turn we were still thinking about
             job, previous = self._responding
@@ -414,7 +414,7 @@ class CallSession:
 
     # ------------------------------------------------------------ barge-in
 
-    def _check_barge_in(self, now: float) -> list[Action]:
+    def _check_barge_in(self) -> list[Action]:
         caller, bot = self._caller, self._bot
         if caller is None or caller.barged_in or not self.vad.in_speech or not self.bot_speaking:
             return []
@@ -424,9 +424,9 @@ class CallSession:
         if bot.started_media_ms <= caller.onset_ms < bot.started_media_ms + self.options.barge_in_guard_ms:
             return []  # began right as the bot started: line echo or a false start, not an interruption
         caller.barged_in = True
-        return self._barge_in(now, caller)
+        return self._barge_in(caller)
 
-    def _barge_in(self, now: float, caller: _CallerTurn | None = None) -> list[Action]:
+    def _barge_in(self, caller: _CallerTurn | None = None) -> list[Action]:
         """Stop talking: clear the phone's buffer, cancel the reply's work, record what was heard."""
         bot = self._bot
         actions: list[Action] = [ClearAudio()]
@@ -443,7 +443,7 @@ class CallSession:
         actions += self._commit(bot, interrupted=True)
         self._bot, self._responding = None, None
         if self._pending_action is not None:
-            actions += self._do_pending_action(now)
+            actions += self._do_pending_action()
         return actions
 
     # ------------------------------------------------------------ DTMF
@@ -454,7 +454,7 @@ class CallSession:
             return []
         actions: list[Action] = []
         if self.bot_speaking or self._bot is not None:
-            actions += self._barge_in(event.now)
+            actions += self._barge_in()
         return actions + self._respond("dtmf", meaning, event.now)
 
     # ------------------------------------------------------------ the bot's replies
@@ -503,7 +503,7 @@ class CallSession:
         if event.action is not None:
             self._pending_action = (event.action, event.reason)
         self._responding = None
-        return self._complete_if_played(event.now)
+        return self._complete_if_played()
 
     def _on_mark(self, event: MarkEchoed) -> list[Action]:
         if event.name in self._cleared_marks:
@@ -513,16 +513,16 @@ class CallSession:
         if bot is None or all(event.name != mark for _, mark in bot.sentences):
             return []
         bot.echoed.add(event.name)
-        return self._complete_if_played(event.now)
+        return self._complete_if_played()
 
-    def _complete_if_played(self, now: float) -> list[Action]:
+    def _complete_if_played(self) -> list[Action]:
         bot = self._bot
         if bot is None or not bot.all_played:
             return []
         self._bot = None
         actions = self._commit(bot, interrupted=False)
         if self._pending_action is not None:
-            actions += self._do_pending_action(now)
+            actions += self._do_pending_action()
         return actions
 
     def _commit(self, bot: _BotUtterance, *, interrupted: bool) -> list[Action]:
@@ -532,7 +532,7 @@ class CallSession:
             self.greeting_played, self.greeting_interrupted = spoken, interrupted
         return [CommitTurn(bot.job, bot.kind, spoken, interrupted, latency)]
 
-    def _do_pending_action(self, now: float) -> list[Action]:
+    def _do_pending_action(self) -> list[Action]:
         assert self._pending_action is not None
         action, reason = self._pending_action
         self._pending_action = None
@@ -544,7 +544,7 @@ class CallSession:
             return [Hangup(), CallEnded("the bot ended the call")]
         raise ValueError(f"unknown reply action {action!r}")
 
-    def _end(self, reason: str, now: float) -> list[Action]:
+    def _end(self, reason: str) -> list[Action]:
         actions: list[Action] = []
         if self._caller is not None and self._caller.stt_job is not None:
             actions.append(Cancel(self._caller.stt_job))

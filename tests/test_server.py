@@ -416,6 +416,7 @@ def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
 
     async def scenario(server: VoiceServer) -> None:
         call = await place_call(server, wav, speed=SPEED, heard_wav=tmp_path / "heard.wav")
+        await until_idle(server)  # the caller's `stop` is out; the server may still be closing the record
         record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
         assert record is not None and record["channel"] == "twilio" and record["caller"] == "+1555***0199"
         assert_expected(call, record, expect, fake_twilio)
@@ -423,7 +424,6 @@ def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
         assert (tmp_path / "heard.wav").stat().st_size > 44
         answered = [t for t in call.latencies if t.first_audio_ms is not None]
         assert len(answered) >= len(expect["turns"])
-        await until_idle(server)
         assert await metric(server, "voicebot_calls_total") == 1
         assert await metric(server, "voicebot_tickets_total") == expect["tickets"]
 
@@ -445,6 +445,7 @@ def test_three_concurrent_calls_stay_isolated(settings, agent, fake_twilio):
         calls = await asyncio.gather(
             *(place_call(server, wav, caller=caller) for wav, caller in zip(wavs, callers, strict=True))
         )
+        await until_idle(server)  # a caller hangs up with `stop` and leaves: the server ends the call after
         store = agent.dialog.store
         records = [store.get_call(call.call_sid) for call in calls]
         for wav, call, record in zip(wavs, calls, records, strict=True):

@@ -133,6 +133,27 @@ def test_turn_is_transcribed_speculatively_at_the_pause_and_answered_at_the_end(
     assert respond.kind == "text" and respond.text == "I would like to change my delivery address."
 
 
+def test_a_question_ends_the_turn_after_the_shorter_question_pause(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    out = d.audio(utterance) + d.silence(280)  # the VAD paused ~260 ms in: transcribing
+    assert not of(Respond, d.answer_transcribe(out, "Can I change my delivery address?"))  # too soon still
+    out = d.silence(80)  # 360 ms of silence: past question_end_ms, well short of end_ms
+    (respond,) = of(Respond, out)
+    assert respond.text == "Can I change my delivery address?"
+    assert not of(Respond, d.silence(600)), "the VAD's own end of this turn must not answer it twice"
+    (mark,) = d.speak(respond.job, ["Yes, in My Orders."])
+    (commit,) = of(CommitTurn, d.send(MarkEchoed(mark, d.t)))
+    assert 300 <= commit.latency_ms["endpoint"] < 450
+
+
+def test_a_late_question_transcript_ends_the_turn_when_it_arrives(vad, utterance):
+    d = Driver(vad, SessionOptions(question_end_ms=250))
+    out = d.audio(utterance) + d.silence(360)
+    (respond,) = of(Respond, d.answer_transcribe(out, "Can I change my delivery address?"))
+    assert respond.text == "Can I change my delivery address?"
+
+
 def test_speech_resuming_after_a_pause_drops_the_speculative_transcript(vad, utterance):
     d = Driver(vad)
     d.silence(200)

@@ -181,6 +181,20 @@ def test_state_machine_timing_and_hysteresis() -> None:
     ]
 
 
+def test_end_turn_ends_a_paused_turn_early_and_only_a_paused_one() -> None:
+    stream = VadStream(_ScriptedModel([0.9] * 8 + [0.0] * 10 + [0.9] * 8), OPTIONS)
+    assert stream.paused_ms == 0
+    assert isinstance(stream.feed(np.zeros(8 * WINDOW, np.float32))[-1], SpeechStart)
+    with pytest.raises(RuntimeError, match="needs a paused turn; the stream is in speech"):
+        stream.end_turn()
+    (pause,) = stream.feed(np.zeros(10 * WINDOW, np.float32))
+    assert isinstance(pause, SpeechPause) and stream.paused_ms == 10 * 32
+    assert stream.end_turn() == SpeechEnd(t_ms=18 * 32, speech_end_ms=8 * 32)
+    assert not stream.in_speech and stream.paused_ms == 0 and stream.speech_ms == 0
+    # What follows is a new turn with its own onset, not the resumption of the ended one.
+    assert isinstance(stream.feed(np.zeros(8 * WINDOW, np.float32))[0], SpeechStart)
+
+
 def test_options_from_settings_and_validation() -> None:
     voice = load_settings(env={"VOICEBOT_VOICE_VAD_END_MS": "600", "VOICEBOT_VOICE_VAD_THRESHOLD": "0.6"}).voice
     options = VadOptions.from_voice(voice)

@@ -58,6 +58,7 @@ class VoiceAgent:
         self.session_options = SessionOptions(
             barge_in_ms=voice.barge_in_ms,
             barge_in_guard_ms=voice.barge_in_guard_ms,
+            question_end_ms=voice.vad_question_end_ms,
             dtmf_map=parse_dtmf_map(voice.dtmf_map),
         )
         self.vad_options = VadOptions.from_voice(voice)

@@ -76,12 +76,14 @@ class VoiceSettings:
     # Turn-taking (Silero VAD on 32 ms windows). A window is speech at or above vad_threshold and stays speech
     # until the probability drops below vad_neg_threshold (default vad_threshold - 0.15). Speech must last
     # vad_min_speech_ms to start a turn (clicks don't); after vad_pause_ms of silence the words so far are
-    # transcribed speculatively, and after vad_end_ms the turn is over.
+    # transcribed speculatively, and after vad_end_ms the turn is over, or already after vad_question_end_ms
+    # when that transcript ends in a question mark (0 turns this off).
     vad_threshold: float = 0.5
     vad_neg_threshold: float | None = None
     vad_min_speech_ms: int = 150
     vad_pause_ms: int = 200
     vad_end_ms: int = 450
+    vad_question_end_ms: int = 300
     # Barge-in: caller speech interrupts the bot once it has lasted barge_in_ms, unless it began within
     # barge_in_guard_ms of the bot starting to talk. dtmf_map maps keypad digits to meanings ("0=human").
     barge_in_ms: int = 250

@@ -8,7 +8,8 @@ latencies are measured on the runner's clock while audio arithmetic stays on med
 
 Turn-taking, in short:
 - VAD `SpeechPause` (≈200 ms of silence) starts a speculative transcription; `SpeechResume` drops it;
-  `SpeechEnd` (≈450 ms) ends the turn, usually with the transcript already there.
+  `SpeechEnd` (≈450 ms) ends the turn, usually with the transcript already there. A transcript that ends in
+  a question mark ends the turn sooner, after `question_end_ms` of silence: the caller has asked.
 - While the bot speaks, caller speech interrupts it (barge-in) once it has lasted `barge_in_ms` and began
   after the protection window; shorter sounds ("mm-hm", a cough) never do, and a finished utterance that is
   only a backchannel creates no turn. Barge-in sends `clear`, cancels the reply's work and records the reply
@@ -215,6 +216,7 @@ class SessionOptions:
     barge_in_guard_ms: int = 300  # speech starting this soon after the bot starts talking never interrupts
     preroll_ms: int = 300  # audio kept before the VAD's speech onset so the first syllable is transcribed
     max_turn_ms: int = 30_000  # a turn longer than this is cut and answered
+    question_end_ms: int = 300  # a pause this long ends a turn whose transcript ends in "?" (0: never early)
     dtmf_map: dict[str, str] = field(default_factory=lambda: {"0": "human"})
     sorry_prompt: str = "Sorry, go ahead."
 
@@ -324,6 +326,7 @@ class CallSession:
                     actions += self._drop_transcription()
                 case SpeechEnd():
                     actions += self._on_turn_end(vad_event, event.now)
+        actions += self._end_if_asked(event.now)
         actions += self._check_barge_in()
         if self._caller is None:
             self._trim_audio()
@@ -385,7 +388,22 @@ class CallSession:
         if caller is None or caller.stt_job != event.job:
             return []  # stale: the caller went on talking after the pause
         caller.transcript, caller.stt_compute_ms, caller.stt_ready_now = event.transcript, event.compute_ms, event.now
-        return self._take_turn(event.now) if caller.ended_now is not None else []
+        return self._take_turn(event.now) if caller.ended_now is not None else self._end_if_asked(event.now)
+
+    def _end_if_asked(self, now: float) -> list[Action]:
+        """End the turn before `SpeechEnd` when the words so far are a question and the pause is long enough.
+
+        Whisper punctuates what it hears; a trailing "?" after `question_end_ms` of silence is as sure a sign
+        of a finished turn as the full `end_ms`, so the answer can start that much sooner.
+        """
+        caller, wait = self._caller, self.options.question_end_ms
+        if caller is None or caller.ended_now is not None or caller.transcript is None or not wait:
+            return []
+        if self.vad.paused_ms < wait or not caller.transcript.usable:
+            return []
+        if not caller.transcript.text.rstrip().endswith("?"):
+            return []
+        return self._on_turn_end(self.vad.end_turn(), now)
 
     def _take_turn(self, now: float) -> list[Action]:
         """The caller's turn is over and transcribed: answer it, ignore it, or treat it as a barge-in."""

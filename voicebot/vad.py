@@ -8,7 +8,7 @@ Events, in the order a turn produces them:
 - `SpeechStart`: speech has lasted `min_speech_ms` (so a click does not start a turn).
 - `SpeechPause`: silence has lasted `pause_ms`: transcribe what was said so far, speculatively.
 - `SpeechResume`: the caller went on talking after a pause: the speculative transcript is stale.
-- `SpeechEnd`: silence has lasted `end_ms`: the caller's turn is over.
+- `SpeechEnd`: silence has lasted `end_ms`: the caller's turn is over (or `end_turn()` ended it sooner).
 """
 
 from __future__ import annotations
@@ -167,6 +167,18 @@ class VadStream:
     def speech_ms(self) -> int:
         """Speech heard in the current utterance so far (0 in silence): what a barge-in gate asks."""
         return self._speech_ms
+
+    @property
+    def paused_ms(self) -> int:
+        """Silence since the caller's words stopped, while the turn is paused (0 otherwise)."""
+        return self.t_ms - self._speech_end_ms if self._phase is _Phase.PAUSED else 0
+
+    def end_turn(self) -> SpeechEnd:
+        """End the paused turn now, before `end_ms`: the layer above has heard that the caller is done."""
+        if self._phase is not _Phase.PAUSED:
+            raise RuntimeError(f"end_turn needs a paused turn; the stream is in {self._phase.name.lower()}")
+        self._phase, self._speech_ms = _Phase.SILENCE, 0
+        return SpeechEnd(self.t_ms, self._speech_end_ms)
 
     @property
     def in_speech(self) -> bool:

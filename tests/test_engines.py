@@ -23,6 +23,20 @@ def test_piper_speaks_at_the_voice_sample_rate(synthesizer, settings):
         assert np.abs(sentence.audio).max() > 3000, "speech, not silence"
 
 
+def test_phone_speech_caches_fixed_lines_but_not_one_off_text(synthesizer):
+    from voicebot.tts_cache import PhoneSpeech
+
+    speech = PhoneSpeech(synthesizer, max_entries=2)
+    assert speech.prepare(["Hi there. How can I help?"]) == 2
+    pcm, ms = speech.sentence("Hi there.")
+    assert ms == 0.0 and pcm.dtype == np.int16 and 0.3 < pcm.size / 8000 < 3.0  # 8 kHz phone audio
+    assert speech.sentence("We ship to Norway.", store=False)[1] > 0  # an LLM sentence: made, not kept
+    assert speech.sentence("Hi there.")[1] == 0.0 and speech.sentence("How can I help?")[1] == 0.0
+    assert speech.sentence("We ship to Norway.", store=False)[1] > 0
+    speech.sentence("Goodbye.")  # stored: the least recently used line goes
+    assert speech.sentence("Hi there.")[1] > 0
+
+
 def test_whisper_transcribes_a_short_utterance(synthesizer, transcriber):
     speech = synthesizer.synthesize("I would like to return my order.")
     audio16k = resample_poly(speech.astype(np.float32) / 32768, 320, 441).astype(np.float32)

@@ -181,7 +181,7 @@ class CallRunner:
             for sentence in reply.sentences:
                 if job.cancelled.is_set():
                     break
-                pcm, tts_ms = self.agent.speech.sentence(sentence)
+                pcm, tts_ms = self.agent.speech.sentence(sentence, store=reply.route != "llm")
                 if job.cancelled.is_set():
                     break
                 self._post(SentenceReady(action.job, sentence, pcm, tts_ms, self.clock()))

@@ -30,8 +30,12 @@ class PhoneSpeech:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def sentence(self, text: str) -> tuple[np.ndarray, float]:
-        """The sentence as phone audio and the milliseconds spent making it (0 on a cache hit)."""
+    def sentence(self, text: str, *, store: bool = True) -> tuple[np.ndarray, float]:
+        """The sentence as phone audio and the milliseconds spent making it (0 on a cache hit).
+
+        `store=False` for text that will hardly come again (the LLM's): it is looked up but not kept, so it
+        never pushes a knowledge-base answer out of the cache.
+        """
         key = (self.synthesizer.voice_id, text)
         with self._lock:
             cached = self._cache.get(key)
@@ -46,6 +50,8 @@ class PhoneSpeech:
         elapsed = (time.perf_counter() - start) * 1000
         with self._lock:
             self.misses += 1
+            if not store:
+                return pcm, elapsed
             self._cache[key] = pcm
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)

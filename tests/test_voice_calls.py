@@ -15,6 +15,7 @@ from sample_calls import SAMPLE_CALLS, check_record, expectations
 
 from voicebot.agent import build_agent
 from voicebot.replay import phone_audio, replay_call
+from voicebot.tts import split_sentences
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,29 @@ def test_barge_in_cuts_the_greeting_to_what_was_heard(agent):
     assert greeting["interrupted"]
     full = agent.dialog.conversation("CAprobe", None, "replay").greeting().sentences
     assert greeting["text"] != " ".join(full), "the record keeps only the sentences heard before the clear"
-    # The caller's first sound is at script[0].at_ms; from 500 ms later until they stop, the bot is silent.
     # (The 400 ms target is a median, measured by `voicebot bench`; this call's soft "s" onset is a slow one.)
     (line,) = json.loads(wav.with_suffix(".json").read_text())["script"]
-    quiet = np.abs(result.heard[(line["at_ms"] + 500) * 8 : line["end_ms"] * 8].astype(np.int32))
-    assert quiet.max() == 0, "the bot fell silent soon after the caller talked over it"
+    assert_silent_while_talked_over(result.heard, line)
     assert 250 <= greeting["latency_ms"]["barge_in"] <= 350  # VAD onset to clear, in media time
+
+
+def test_barge_in_cuts_an_answer_to_the_sentences_heard(agent):
+    wav = next(w for w in SAMPLE_CALLS if w.stem == "barge_in_answer")
+    result = asyncio.run(replay_call(agent, wav, speed=0))
+    cut, _next = result.record["turns"]
+    answer = next(e.answer for e in agent.dialog.index.entries if e.id == cut["faq_id"])
+    first, *rest = split_sentences(answer)
+    assert rest, "the answer must have a second sentence to cut"
+    assert cut["interrupted"] and cut["reply_text"] == first
+    _question, interruption = json.loads(wav.with_suffix(".json").read_text())["script"]
+    assert_silent_while_talked_over(result.heard, interruption)
+    assert 250 <= cut["latency_ms"]["barge_in"] <= 350
+
+
+def assert_silent_while_talked_over(heard: np.ndarray, line: dict) -> None:
+    """From 500 ms after the caller's first sound (`at_ms`) until they stop, the caller hears no bot."""
+    quiet = np.abs(heard[(line["at_ms"] + 500) * 8 : line["end_ms"] * 8].astype(np.int32))
+    assert quiet.max() == 0, "the bot fell silent soon after the caller talked over it"
 
 
 def test_backchannel_does_not_interrupt_the_answer(agent):

@@ -317,6 +317,19 @@ def define_calls(kb: dict[str, str]) -> list[Call]:
             tail_ms=answer_gap_ms(kb, longest),
         ),
         Call(
+            "barge_in_answer",
+            "The caller asks about store pickup (a two-sentence KB answer) and talks over the answer's second "
+            "sentence with a new question: the answer is cut (clear sent) and recorded as only its first "
+            "sentence, and the new question is answered from the KB.",
+            slt,
+            [
+                Say("can I pick up my order in the store?", at_ms=CALLER_START_MS),
+                Say("wait, how do I reset my password?", after_ms=ANSWER_START_MS + 3000),
+            ],
+            expect([faq("store_pickup"), faq("password_reset")], interrupted_turns=[0]),
+            tail_ms=answer_gap_ms(kb, "password_reset"),
+        ),
+        Call(
             "dtmf_zero",
             "The caller asks a short KB question, then presses 0 after the answer (the digit is in this sidecar, "
             "not in the audio): the bot hands off with reason 'dtmf'.",

@@ -118,10 +118,10 @@ class StreamTransport:
         self._pacer = asyncio.get_running_loop().create_task(self._pace())
 
     async def close(self) -> None:
+        """Stop sending. Waits for the pacer without swallowing a cancel aimed at the caller of `close`."""
         if self._pacer is not None:
             self._pacer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pacer
+            await asyncio.wait({self._pacer})
 
     def media_time(self, timestamp_ms: int) -> None:
         """An inbound frame arrived: the call's media clock has advanced."""
@@ -177,8 +177,11 @@ class StreamTransport:
             item = self._queue[0]
             if isinstance(item, bytes) and lead >= LEAD_MS:
                 self._wake.clear()
+                # Not asyncio.wait_for: on Python 3.11 it loses a cancel that lands as the event is set, and
+                # this task then waits forever, holding up the call's end and the server's shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), (lead - LEAD_MS) / 1000)
+                    async with asyncio.timeout((lead - LEAD_MS) / 1000):
+                        await self._wake.wait()
                 continue
             self._queue.popleft()
             if isinstance(item, str):

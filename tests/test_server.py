@@ -27,9 +27,10 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from telephony.metrics import Registry
+from telephony.call_control import CallControl
+from telephony.metrics import Registry, ServerMetrics
 from telephony.protocol import Play, TwilioStreamWriter, parse_outbound
-from telephony.server import VoiceServer, _chunks
+from telephony.server import StreamTransport, VoiceServer, _chunks
 from telephony.simulator import Endpoint, SimulatedCall, fetch_twiml, simulate_call, stream_target
 from telephony.twiml import dial_human
 from voicebot import cli
@@ -191,6 +192,38 @@ def test_outbound_chunks_are_20_to_60_ms():
         assert b"".join(chunks)[:samples] == b"\x00" * samples
         assert all(160 <= len(c) <= 480 for c in chunks), (samples, [len(c) for c in chunks])
     assert _chunks(b"") == []
+
+
+class _Line:
+    """A media socket that takes whatever is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, message: str) -> None:
+        self.sent.append(message)
+
+
+def test_closing_the_transport_as_a_frame_arrives_never_hangs():
+    """A call ends right as the caller's frame wakes the pacer (it waits for the lead to drain): the pacer
+    must still stop. With asyncio.wait_for on Python 3.11 the cancel was lost and shutdown hung."""
+
+    async def scenario() -> None:
+        line = _Line()
+        transport = StreamTransport(line, "MZ1", "CA1", CallControl("", ""), "", ServerMetrics())
+        transport.start()
+        for _ in range(20):
+            await transport.play(np.zeros(8000, np.int16))  # a second of audio: the pacer sends its lead
+            await asyncio.sleep(0.01)  # and waits
+            transport.media_time(20)  # a caller frame sets the wake-up ...
+            closing = asyncio.ensure_future(transport.close())  # ... in the same loop turn as the cancel
+            done, _ = await asyncio.wait({closing}, timeout=2)
+            assert done, "the pacer lost its cancel and kept the call open"
+            assert line.sent and all(isinstance(parse_outbound(m, "MZ1"), Play) for m in line.sent)
+            transport.start()
+        await transport.close()
+
+    asyncio.run(scenario())
 
 
 def test_metrics_render_prometheus_text():

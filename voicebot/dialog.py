@@ -254,7 +254,7 @@ class Conversation:
         reply = Reply(
             "turn",
             "llm",
-            "transaction" if is_transaction(text) else "consulting",
+            _answer_state(text),
             iter(()),
             caller_text=text,
             score=score,
@@ -358,7 +358,7 @@ class Conversation:
         reply = Reply(
             "turn",
             "faq",
-            "transaction" if is_transaction(text) else "consulting",
+            _answer_state(text),
             iter(()),
             caller_text=text,
             faq_id=hit.entry.id,
@@ -515,6 +515,11 @@ class Conversation:
                 yield from _handing_out(reply, prompts.split_sentences(prompts.FALLBACK_LINE))
         finally:
             tokens.close()
+
+
+def _answer_state(text: str) -> str:
+    """The dialog state of a question the bot answers: about doing something with an order, or not."""
+    return "transaction" if is_transaction(text) else "consulting"
 
 
 def _handing_out(reply: Reply, sentences: list[str]) -> Iterator[str]:

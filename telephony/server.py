@@ -310,7 +310,7 @@ class VoiceServer:
             reason = "shutting_down" if self._draining else "capacity"
             self.metrics.calls_refused.inc(reason=reason)
             log.warning("call %s refused (%s, %d live calls)", call_sid, reason, self.calls_active)
-            twiml = busy_response(self.settings.dialog.company_name, self.server.human_number or None)
+            twiml = busy_response(self.agent.dialog.company.name, self.server.human_number or None)
             return web.Response(text=twiml, content_type="text/xml")
         token = self.tokens.issue(call_sid, values.get("From"))
         log.info("call %s from %s: answering with the media stream", call_sid, mask_number(values.get("From")))

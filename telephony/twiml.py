@@ -24,13 +24,18 @@ def connect_stream(stream_url: str, status_callback_url: str, token: str) -> str
 
 
 def busy_response(company_name: str, human_number: str | None) -> str:
-    """The answer when every line is taken: one short sentence, then a person if one is configured."""
+    """The answer when every line is taken: one short sentence, then a person if one is configured.
+
+    `company_name` may be empty (the knowledge base names no company): the thanks is then said without one.
+    """
+    name = " ".join(company_name.split())
+    thanks = f"Thanks for calling {name}." if name else "Thanks for calling."
     response = VoiceResponse()
     if human_number:
-        response.say(f"Thanks for calling {company_name}. All our lines are busy, so let me connect you to a person.")
+        response.say(f"{thanks} All our lines are busy, so let me connect you to a person.")
         response.dial(human_number)
     else:
-        response.say(f"Thanks for calling {company_name}. All our lines are busy right now. Please call again soon.")
+        response.say(f"{thanks} All our lines are busy right now. Please call again soon.")
         response.hangup()
     return str(response)
 

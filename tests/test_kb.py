@@ -1,4 +1,5 @@
-"""Knowledge-base loading: both formats, the sample KB, and every way a user's file can be wrong."""
+"""Knowledge-base loading: every format (JSON list or object with its company, CSV), the sample KB, and every
+way a user's file can be wrong."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot.kb import SAMPLE_KB, KbEntry, KbError, load_kb
+from voicebot.kb import SAMPLE_KB, Company, KbEntry, KbError, KnowledgeBase, load_kb, load_knowledge_base
 
 GOOD_ENTRIES = [
     {"id": "returns", "question": "How do I return an item?", "answer": "You can return unopened items within 7 days."},
@@ -79,6 +80,65 @@ def test_json_with_bom_and_extra_keys(tmp_path):
     assert entries == [KbEntry("returns", "How do I return an item?", GOOD_ENTRIES[0]["answer"])]
 
 
+def test_list_form_has_no_company(tmp_path):
+    kb = load_knowledge_base(write(tmp_path, "kb.json", json.dumps(GOOD_ENTRIES)))
+    assert kb == KnowledgeBase(Company(), tuple(load_kb(tmp_path / "kb.json")))
+    assert kb.company.name == "" and len(kb.entries) == 2
+
+
+def test_object_form_carries_the_company(tmp_path):
+    company = {
+        "name": "Bright Smile Dental",
+        "description": "a dental clinic\nin Leeds",
+        "greeting": "  Good morning, Bright Smile Dental, how can I help?",
+        "farewell": "Thank you for calling. Take care!",
+        "ticket_categories": ["appointments", " billing "],
+    }
+    path = write(tmp_path, "kb.json", json.dumps({"company": company, "entries": GOOD_ENTRIES}))
+    kb = load_knowledge_base(path)
+    assert kb.company == Company(
+        name="Bright Smile Dental",
+        description="a dental clinic in Leeds",  # one line: it goes into a one-line prompt
+        greeting="Good morning, Bright Smile Dental, how can I help?",
+        farewell="Thank you for calling. Take care!",
+        ticket_categories=("appointments", "billing"),
+    )
+    list_form = load_knowledge_base(write(tmp_path, "list.json", json.dumps(GOOD_ENTRIES)))
+    assert kb.entries == list_form.entries
+    assert load_kb(path) == list(kb.entries)
+
+
+def test_object_form_company_is_optional_and_partial(tmp_path):
+    bare = load_knowledge_base(write(tmp_path, "bare.json", json.dumps({"entries": GOOD_ENTRIES})))
+    assert bare.company == Company()
+    named = load_knowledge_base(
+        write(tmp_path, "named.json", json.dumps({"company": {"name": "Acme Bank"}, "entries": GOOD_ENTRIES}))
+    )
+    assert named.company == Company(name="Acme Bank")
+
+
+def test_csv_alternative_questions(tmp_path):
+    csv_text = (
+        "id,question,alt_questions,answer\n"
+        'hours,When are you open?,What are your hours? | Are you open on Sundays?,"Monday to Saturday, 9 to 7."\n'
+        "fees,Is there a monthly fee?,,No monthly fee.\n"
+        "pin,How do I change my PIN?,Can I pick a new PIN?|,At any cash machine.\n"
+    )
+    kb = load_knowledge_base(write(tmp_path, "kb.csv", csv_text))
+    assert kb.company == Company()
+    hours, fees, pin = kb.entries
+    assert hours.alt_questions == ("What are your hours?", "Are you open on Sundays?")
+    assert hours.questions[0] == "When are you open?" and hours.answer == "Monday to Saturday, 9 to 7."
+    assert fees.alt_questions == ()
+    assert pin.alt_questions == ("Can I pick a new PIN?",)  # a trailing separator is no question
+
+
+def test_sample_kb_names_its_company():
+    company = load_knowledge_base(SAMPLE_KB).company
+    assert company.name == "Northwind Shop" and company.description
+    assert company.ticket_categories
+
+
 def _json(*entries: object) -> str:
     return json.dumps(list(entries), indent=2)
 
@@ -129,7 +189,67 @@ ERROR_CASES = {
         _json(GOOD_ENTRIES[0], "How do I return an item?"),
         ["entry 2 is a string", '"id", "question", "answer"'],
     ),
-    "json top level not a list": ("kb.json", json.dumps({"returns": "..."}), ["expected a JSON list", "an object"]),
+    "json object without entries": (
+        "kb.json",
+        json.dumps({"returns": "..."}),
+        ['a JSON object must hold "entries"', '"company"', "found keys 'returns'"],
+    ),
+    "json object with an unknown key": (
+        "kb.json",
+        json.dumps({"company": {}, "entries": GOOD_ENTRIES, "faqs": []}),
+        ['must hold "entries"', "found keys 'company', 'entries', 'faqs'"],
+    ),
+    "json entries not a list": (
+        "kb.json",
+        json.dumps({"entries": {"returns": GOOD_ENTRIES[0]}}),
+        ['"entries" must be a list', "found an object"],
+    ),
+    "json top level a string": ("kb.json", json.dumps("FAQ"), ["expected a JSON list", '"entries"', "a string"]),
+    "json object entry missing a field": (
+        "kb.json",
+        json.dumps({"company": {"name": "Acme"}, "entries": [{"id": "a", "answer": "A."}]}),
+        ["entry 1 (id 'a')", 'missing field "question"'],
+    ),
+    "json object with no entries": (
+        "kb.json",
+        json.dumps({"company": {"name": "Acme"}, "entries": []}),
+        ["no entries"],
+    ),
+    "company not an object": (
+        "kb.json",
+        json.dumps({"company": "Acme", "entries": GOOD_ENTRIES}),
+        ['"company" must be an object', "found a string"],
+    ),
+    "company unknown field": (
+        "kb.json",
+        json.dumps({"company": {"name": "Acme", "phone": "555"}, "entries": GOOD_ENTRIES}),
+        ['"company": unknown field "phone"', "name, description, greeting, farewell, ticket_categories"],
+    ),
+    "company field of the wrong type": (
+        "kb.json",
+        json.dumps({"company": {"name": ["Acme"]}, "entries": GOOD_ENTRIES}),
+        ['"company": field "name" must be a string', "found a list"],
+    ),
+    "company greeting null": (
+        "kb.json",
+        json.dumps({"company": {"greeting": None}, "entries": GOOD_ENTRIES}),
+        ['field "greeting" must be a string', "found null"],
+    ),
+    "company ticket categories not a list": (
+        "kb.json",
+        json.dumps({"company": {"ticket_categories": "billing, outage"}, "entries": GOOD_ENTRIES}),
+        ['field "ticket_categories" must be a list of non-empty strings', "'billing, outage'"],
+    ),
+    "company ticket category empty": (
+        "kb.json",
+        json.dumps({"company": {"ticket_categories": ["billing", " "]}, "entries": GOOD_ENTRIES}),
+        ['field "ticket_categories" must be a list of non-empty strings'],
+    ),
+    "company ticket category twice": (
+        "kb.json",
+        json.dumps({"company": {"ticket_categories": ["Billing", "outage", "billing"]}, "entries": GOOD_ENTRIES}),
+        ["lists 'billing' twice"],
+    ),
     "json syntax error": (
         "kb.json",
         '[\n  {"id": "a", "question": "Q?",\n   "answer": "A.",}\n]',

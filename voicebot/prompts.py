@@ -13,10 +13,30 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 from voicebot.config import DialogSettings
+from voicebot.kb import Company
 from voicebot.llm import Message
 from voicebot.tts import split_sentences
+
+# ---------------------------------------------------------------- who answers
+
+
+def company_profile(kb_company: Company, dialog: DialogSettings) -> Company:
+    """The company the bot speaks for: the KB file's, with `dialog.company_name` replacing its name when set
+    (a CSV knowledge base names no company, and one KB may serve several brands)."""
+    name = " ".join(dialog.company_name.split())
+    return replace(kb_company, name=name) if name else kb_company
+
+
+def _who(company: Company) -> str:
+    """ "Bright Smile Dental, a dental clinic in Leeds", either part alone, or "" when the KB names neither."""
+    description = company.description.strip().rstrip(".")
+    if description.split(" ", 1)[0] in ("A", "An", "The"):  # "A dental clinic" completes a sentence in lower case
+        description = description[0].lower() + description[1:]
+    return ", ".join(part for part in (company.name, description) if part)
+
 
 # ---------------------------------------------------------------- the reply LLM
 
@@ -24,10 +44,12 @@ CALLER = "Caller: "
 FACTS = "Facts: "
 
 
-def system_prompt(dialog: DialogSettings) -> str:
+def system_prompt(company: Company, tone: str) -> str:
     """The static instructions: who the bot is, how it talks, and that it never invents facts."""
+    who = _who(company)
+    intro = f"You are the phone agent of {who}." if who else "You are a company's phone support agent."
     return (
-        f"You are the phone agent of {dialog.company_name}, an online shop. Be {dialog.tone}.\n"
+        f"{intro} Be {tone}.\n"
         "You speak out loud: one or two short sentences, plain words, no lists, markdown, emoji or links.\n"
         "You know only the Facts given with a message. Never invent policies, prices, times or facts. "
         "When the Facts don't answer the caller, say you don't have that information and offer to open a "
@@ -35,24 +57,31 @@ def system_prompt(dialog: DialogSettings) -> str:
     )
 
 
-# Worked examples: part of the cached prefix, so they cost nothing per turn. They show the message layout
-# (Facts, then the caller's words) and the two behaviours that matter: answer from the Facts only, and decline.
+# Worked examples: part of the cached prefix, so they cost nothing per turn (but every token is evaluated at
+# warm-up). They show the message layout (Facts, then the caller's words) and the behaviours that matter: answer
+# from the Facts only, also when the answer is "no"; decline when there are none; greet back. Any trade's caller
+# could ask them.
 REPLY_EXAMPLES: tuple[tuple[str, str], ...] = (
     (
-        f"{FACTS}Gift cards from 10 to 100 dollars are sold online.\n{CALLER}can I buy a voucher for my sister",
-        "Yes, we sell gift cards from 10 to 100 dollars online.",
+        f"{FACTS}We are open Monday to Friday, 8 am to 6 pm.\n{CALLER}can I come in on Saturday",
+        "No, we're open Monday to Friday, from 8 am to 6 pm.",
     ),
     (
-        f"{CALLER}do you deliver to Norway",
+        f"{FACTS}Changing a booking is free up to 24 hours before; after that it costs 15 dollars.\n"
+        f"{CALLER}is there a charge to move my booking",
+        "It's free up to 24 hours before, and 15 dollars after that.",
+    ),
+    (
+        f"{CALLER}do you have a lost and found desk",
         "I'm sorry, I don't have that information. I can open a ticket or put you through to a colleague.",
     ),
-    (f"{CALLER}hello, is this the shop", "Yes, you're through to the shop. How can I help?"),
+    (f"{CALLER}hello, good morning", "Good morning! How can I help?"),
 )
 
 
-def reply_prefix(dialog: DialogSettings) -> list[Message]:
+def reply_prefix(company: Company, tone: str) -> list[Message]:
     """The static start of every reply prompt: cached once per process, never recomputed."""
-    messages = [Message("system", system_prompt(dialog))]
+    messages = [Message("system", system_prompt(company, tone))]
     for user, assistant in REPLY_EXAMPLES:
         messages += [Message("user", user), Message("assistant", assistant)]
     return messages
@@ -69,34 +98,36 @@ def caller_message(text: str, facts: Iterable[str] = ()) -> str:
 INTENT_LABELS = ("PROBLEM", "PERSON", "GOODBYE", "QUESTION")
 
 CLASSIFIER_SYSTEM = (
-    "Classify the caller's words. Answer one word: PROBLEM (complaint, refund, fault, billing error), "
-    "PERSON (wants a human), GOODBYE, or QUESTION."
+    "Classify a caller's words to a company's phone line. Answer one word: PROBLEM (something went wrong: a "
+    "fault, an outage, a wrong charge, a complaint), PERSON (wants a human or a member of staff), GOODBYE, or "
+    "QUESTION (asks for information or to get something done)."
 )
 
-# Few-shot turns: the 0.5B model labels far better from examples than from the instruction alone (measured on
-# tests/test_intents.py's held-out set). None of these sentences is in the tests.
+# Few-shot turns: the 0.5B model labels far better from examples than from the instruction alone. Several
+# trades (clinic, bank, internet provider, hotel, software), so no business's words look like the only kind of
+# problem. None of these sentences is in the tests.
 CLASSIFIER_EXAMPLES: tuple[tuple[str, str], ...] = (
-    ("my order arrived broken", "PROBLEM"),
-    ("let me talk to a real person", "PERSON"),
-    ("do you deliver on weekends", "QUESTION"),
-    ("that's everything, thanks, goodbye", "GOODBYE"),
-    ("you took the money from my card two times", "PROBLEM"),
+    ("my phone line has been dead for two days", "PROBLEM"),
+    ("I'd like a word with the nurse", "PERSON"),
+    ("can I get a flu jab with you", "QUESTION"),
+    ("okay, I'm sorted, bye for now", "GOODBYE"),
+    ("someone took money out of my account", "PROBLEM"),
     ("how do I reset my password", "QUESTION"),
-    ("get me someone from your team", "PERSON"),
-    ("the item I got is not what I ordered", "PROBLEM"),
-    ("ok I'm all set, have a nice day", "GOODBYE"),
-    ("what's the price of the red lamp", "QUESTION"),
-    ("is a manager available", "PERSON"),
-    ("this jacket fell apart after one wash", "PROBLEM"),
-    ("no that's it, cheers", "GOODBYE"),
-    ("can I pick up my order in person", "QUESTION"),
-    ("I'm still waiting for the money you owe me", "PROBLEM"),
-    ("I'd rather speak with somebody", "PERSON"),
-    ("I want to buy a present for my dad", "QUESTION"),
-    ("how long does it take to get my money back", "QUESTION"),
-    ("I want to cancel the order I placed this morning", "QUESTION"),
-    ("I forgot my password", "QUESTION"),
-    ("I need to change the delivery address", "QUESTION"),
+    ("let me speak to one of your advisors", "PERSON"),
+    ("the room next to ours was noisy all night", "PROBLEM"),
+    ("lovely, thank you, take care", "GOODBYE"),
+    ("do you have rooms with a sea view", "QUESTION"),
+    ("get me someone from the accounts team", "PERSON"),
+    ("you said you would ring me back and never did", "PROBLEM"),
+    ("no, nothing else, cheers", "GOODBYE"),
+    ("how do I top up my prepaid phone", "QUESTION"),
+    ("my bill is far higher than it should be", "PROBLEM"),
+    ("please transfer me to somebody who can help", "PERSON"),
+    ("I need to move my appointment to next week", "QUESTION"),
+    ("how long does a refund take", "QUESTION"),
+    ("I'd like to close my savings account", "QUESTION"),
+    ("I've lost my card", "QUESTION"),
+    ("does the software run on a Mac", "QUESTION"),
 )
 
 
@@ -111,12 +142,21 @@ def classifier_prefix() -> list[Message]:
 # ---------------------------------------------------------------- fixed lines
 
 
-def greeting(dialog: DialogSettings) -> str:
-    return f"Hi, thanks for calling {dialog.company_name}. How can I help?"
+NAMELESS_GREETING = "Hi, thanks for calling. How can I help?"
 
 
-def farewell(dialog: DialogSettings) -> str:
-    return f"Thanks for calling {dialog.company_name}. Goodbye!"
+def greeting(company: Company) -> str:
+    """The KB's own greeting when it gives one, else a built-in line with the company's name, if there is one."""
+    if company.greeting:
+        return company.greeting
+    return f"Hi, thanks for calling {company.name}. How can I help?" if company.name else NAMELESS_GREETING
+
+
+def farewell(company: Company) -> str:
+    """The KB's own farewell when it gives one, else a built-in line, named like the greeting."""
+    if company.farewell:
+        return company.farewell
+    return f"Thanks for calling {company.name}. Goodbye!" if company.name else "Thanks for calling. Goodbye!"
 
 
 HANDOFF_LINES = {
@@ -129,21 +169,30 @@ FALLBACK_LINE = (
     "I'm sorry, I don't have that information. I can open a ticket for you or put you through to a colleague."
 )
 NOT_HEARD_LINE = "Sorry, I didn't catch that. Could you say it again?"
+ANYTHING_ELSE = "Is there anything else I can help with?"
+# The first sentence of a new ticket's line, by category. A company names its own categories (the KB's
+# `ticket_categories`), so any name works: the generic ones below get their own words ("Billing", "billing"
+# alike); any other category is a problem the caller reported, and gets the plain apology.
 TICKET_SORRY = {
     "complaint": "I'm sorry to hear that.",
-    "refund": "I'm sorry about that.",
     "repair": "I'm sorry it's not working.",
-    "damaged_item": "I'm sorry it arrived like that.",
+    "fault": "I'm sorry it's not working.",
     "billing": "I'm sorry about the billing problem.",
-    "other": "Thanks for telling me.",
+    "other": "Thanks for telling me.",  # a ticket the caller asked for without naming a problem
 }
+TICKET_SORRY_DEFAULT = "I'm sorry about that."
+
+
+def ticket_sorry(category: str) -> str:
+    """The line that acknowledges the caller's issue before the ticket id, for any category name."""
+    return TICKET_SORRY.get("_".join(category.lower().split()), TICKET_SORRY_DEFAULT)
 
 
 def ticket_opened(category: str, spoken_id: str) -> str:
     """Confirms a new ticket; `spoken_id` is the id read character by character."""
     return (
-        f"{TICKET_SORRY.get(category, TICKET_SORRY['other'])} I've opened ticket {spoken_id} for you, "
-        "and a colleague will get back to you. Is there anything else I can help with?"
+        f"{ticket_sorry(category)} I've opened ticket {spoken_id} for you, and a colleague will get back to you. "
+        f"{ANYTHING_ELSE}"
     )
 
 
@@ -155,10 +204,19 @@ def ticket_exists(spoken_id: str) -> str:
     )
 
 
-def fixed_lines(dialog: DialogSettings) -> list[str]:
+def fixed_lines(company: Company) -> list[str]:
     """Every sentence the bot says word for word, so the voice can synthesize them ahead of the first call."""
-    lines = [greeting(dialog), farewell(dialog), FALLBACK_LINE, NOT_HEARD_LINE, *HANDOFF_LINES.values()]
-    return [sentence for line in lines for sentence in split_sentences(line)]
+    lines = [
+        greeting(company),
+        farewell(company),
+        FALLBACK_LINE,
+        NOT_HEARD_LINE,
+        *HANDOFF_LINES.values(),
+        *TICKET_SORRY.values(),
+        TICKET_SORRY_DEFAULT,
+        ANYTHING_ELSE,
+    ]
+    return list(dict.fromkeys(sentence for line in lines for sentence in split_sentences(line)))
 
 
 # ---------------------------------------------------------------- LLM output, made speakable

@@ -9,7 +9,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 TORCH_SPEC ?= torch==2.13.0
 LLAMA_SPEC ?= llama-cpp-python==0.3.36
 # AMX-free flags: the -march=native build segfaults in ggml_backend_amx_mul_mat on CPUs that advertise AMX.
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+# AVX-512 only where this CPU has it: a build with it dies with "illegal instruction" on one without.
+AVX512 := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo ON || echo OFF)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$(AVX512)
 PROFILE ?= embedded
 
 .PHONY: install models demo test bench lint clean
@@ -22,11 +24,15 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) install "$(TORCH_SPEC)"
 	touch $@
 
-$(VENV)/.llama: | $(VENV)/.torch
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install "$(LLAMA_SPEC)"
+# The stamp names the flags, so a machine with other CPU features rebuilds. --no-cache-dir: pip's wheel cache
+# does not know the flags a wheel was built with, and would hand back one built for another CPU.
+LLAMA_STAMP := $(VENV)/.llama-avx512-$(AVX512)
+$(LLAMA_STAMP): | $(VENV)/.torch
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_SPEC)"
+	$(PIP) install "$(LLAMA_SPEC)"
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.llama
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(LLAMA_STAMP)
 	$(PIP) install -e '.[dev]'
 	touch $@
 

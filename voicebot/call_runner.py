@@ -20,6 +20,7 @@ import numpy as np
 
 from voicebot.agent import VoiceAgent
 from voicebot.dialog import Conversation, Reply
+from voicebot.routes import HandoffReason, ReplyKind, Route
 from voicebot.session import (
     Action,
     CallEnded,
@@ -48,7 +49,7 @@ class Transport(Protocol):
     async def play(self, pcm: np.ndarray) -> None: ...
     async def mark(self, name: str) -> None: ...
     async def clear(self) -> None: ...
-    async def transfer(self, reason: str) -> None: ...
+    async def transfer(self, reason: HandoffReason) -> None: ...
     async def hangup(self) -> None: ...
 
 
@@ -151,7 +152,7 @@ class CallRunner:
         except Exception:  # a failing job must not leave the caller in silence: say so and log it
             log.exception("call %s: job %s failed", self.conversation.call_id, action)
             if isinstance(action, Respond):
-                self._post(ReplyFinished(action.job, "fallback", None, None, None, None, self.clock()))
+                self._post(ReplyFinished(action.job, Route.FALLBACK, None, None, None, None, self.clock()))
 
     def _post(self, event: Event) -> None:
         """Hand an event from a worker thread to the call's loop."""
@@ -168,20 +169,21 @@ class CallRunner:
             self._post(Transcribed(action.job, transcript, elapsed, self.clock()))
 
     def _respond(self, job: _Job, action: Respond) -> None:
-        if action.kind == "greeting":
-            reply = self.conversation.greeting()
-        elif action.kind == "dtmf":
-            reply = self.conversation.respond_dtmf(action.text)
-        elif action.kind == "prompt":
-            reply = self.conversation.prompt(action.text)
-        else:
-            reply = self.conversation.respond(action.text, cancelled=job.cancelled.is_set)
+        match action.kind:
+            case ReplyKind.GREETING:
+                reply = self.conversation.greeting()
+            case ReplyKind.DTMF:
+                reply = self.conversation.respond_dtmf(action.text)
+            case ReplyKind.PROMPT:
+                reply = self.conversation.prompt(action.text)
+            case ReplyKind.TURN:
+                reply = self.conversation.respond(action.text, cancelled=job.cancelled.is_set)
         job.reply = reply
         try:
             for sentence in reply.sentences:
                 if job.cancelled.is_set():
                     break
-                pcm, tts_ms = self.agent.speech.sentence(sentence, store=reply.route != "llm")
+                pcm, tts_ms = self.agent.speech.sentence(sentence, store=reply.route is not Route.LLM)
                 if job.cancelled.is_set():
                     break
                 self._post(SentenceReady(action.job, sentence, pcm, tts_ms, self.clock()))
@@ -213,6 +215,6 @@ class CallRunner:
             self.conversation.commit(
                 job.reply, action.spoken_text, interrupted=action.interrupted, latency_ms=action.latency_ms
             )
-            if job.reply.kind == "turn" and not self.session.ended:
+            if job.reply.kind is ReplyKind.TURN and not self.session.ended:
                 # While the reply plays, put this turn into the LLM's cache: the next LLM answer starts sooner.
                 asyncio.get_running_loop().run_in_executor(None, self.conversation.prefill)

@@ -268,6 +268,33 @@ def cmd_kb_build(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_kb_check(args: argparse.Namespace, settings: Settings) -> int:
+    from voicebot.calibration import check_kb, load_out_of_scope
+    from voicebot.embedder import load_embedder
+    from voicebot.retrieval import FaqIndex, Thresholds
+
+    kb_path = args.kb or settings.dialog.kb_path or SAMPLE_KB
+    load_kb(kb_path)  # a broken file fails in milliseconds, before the embedder takes seconds to load
+    embedder = load_embedder(settings.models)
+    index = FaqIndex.build_or_load(
+        kb_path,
+        embedder,
+        progress=not args.quiet,
+        fallback_dir=settings.models.dir / "kb-index",
+        default_thresholds=Thresholds.from_settings(settings.dialog),
+    )
+    report = check_kb(index, load_out_of_scope(), progress=not args.quiet)
+    stored = index.store_thresholds(report.thresholds)
+    where = str(stored) if stored else "not stored (no writable folder): the dialog uses the default thresholds"
+    if args.json:
+        print(json.dumps({"kb": str(kb_path), **report.to_dict(), "thresholds_file": stored and str(stored)}, indent=2))
+        return 0
+    print(f"knowledge base: {kb_path}")
+    print(report.format())
+    print(f"thresholds file: {where}")
+    return 0
+
+
 def _add_kb_parser(commands: argparse._SubParsersAction) -> None:
     kb = commands.add_parser(
         "kb",
@@ -288,6 +315,90 @@ def _add_kb_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_kb_build)
+    p = kb_cmds.add_parser(
+        "check",
+        help="find weak spots in the knowledge base and calibrate its answer thresholds",
+        description="Check a knowledge base before it goes live, and calibrate the thresholds the dialog "
+        "routes by for this KB. Reports entries without alternative questions (callers word things their own "
+        "way; a few alternatives per entry let the check measure how well the KB is found), near-duplicate "
+        "entries (a question of one scores at the answer threshold against the other, so a caller between "
+        "them may be read the wrong answer), and the thresholds: an answer is read as written at or above "
+        "'faq' when it is ahead of the second entry by 'margin'; from 'grounded' the LLM answers from the "
+        "closest entries; below it the bot declines. They are chosen from the KB's own alternative questions "
+        "(or, without any, its answers), each held out, and from out-of-scope lines shipped with voicebot "
+        "(other trades' questions, general requests, chit-chat), so that the answers read as written are "
+        "right at least 97%% of the time; the expected precision is printed. The thresholds are stored beside "
+        "the search index and used by the dialog for this file until it changes; run the check again after "
+        "editing the KB.",
+    )
+    p.add_argument(
+        "--kb", type=Path, metavar="FILE", help="knowledge base file (default: dialog.kb_path, else samples/kb.json)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_kb_check)
+    _add_kb_eval_parser(kb_cmds)
+
+
+def cmd_kb_eval(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
+    from tqdm import tqdm
+
+    from voicebot.dialog import DialogEngine
+    from voicebot.evaluation import CasesError, evaluate, load_cases
+
+    try:
+        kb_path, cases = load_cases(args.cases, args.kb)
+    except (CasesError, KbError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="voicebot-eval-") as folder, open_store(f"{folder}/eval.db") as store:
+        engine = DialogEngine.load(settings, kb_path=kb_path, store=store, progress=not args.json)
+        engine.warm_up()
+        with tqdm(total=len(cases), desc="caller lines", unit="line", disable=args.json, file=sys.stderr) as bar:
+            result = evaluate(engine, kb_path, cases, progress=bar.update)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.format())
+    if args.min_accuracy is not None and result.accuracy < args.min_accuracy:
+        print(f"accuracy {result.accuracy:.1%} is under --min-accuracy {args.min_accuracy:.0%}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_kb_eval_parser(kb_cmds: argparse._SubParsersAction) -> None:
+    p = kb_cmds.add_parser(
+        "eval",
+        help="run caller lines with their expected outcome through the real dialog and report accuracy",
+        description="Say each caller line of a cases file to the real dialog (embedder, intent examples, LLM "
+        "classifier and writer with its grounding checks), each in a call of its own, and compare what happened "
+        "with what should have: answer:<faq_id>, decline, ticket, handoff, hangup or repeat. Prints the accuracy, "
+        "a confusion table and every miss. Calls and tickets go to a throwaway database. Cases file: "
+        '{"kb": "kb.json", "cases": [{"say": "do you take delta dental", "expect": "answer:insurance"}, '
+        '{"say": ["how much is whitening", "how long does it take?"], "expect": "answer:whitening"}]}.',
+    )
+    p.add_argument("--cases", type=Path, metavar="FILE", required=True, help="the cases file (JSON)")
+    p.add_argument("--kb", type=Path, metavar="FILE", help="knowledge base file (default: the one the cases name)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument(
+        "--min-accuracy",
+        type=_fraction,
+        metavar="X",
+        help="exit with status 1 when the accuracy is under X (0-1, e.g. 0.9)",
+    )
+    p.set_defaults(handler=cmd_kb_eval)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -39,32 +39,26 @@ class ModelSettings:
 
 @dataclass
 class DialogSettings:
-    company_name: str = "Northwind Shop"
+    # Who answers the phone. Empty takes the name from the knowledge base's "company" block (a JSON KB can carry
+    # one; a CSV or list-form KB has none, and the bot then speaks without a name); set, it replaces the KB's.
+    company_name: str = ""
     tone: str = "friendly, calm and brief"
     kb_path: Path | None = None
-    # Retrieval routing (cosine similarity of the caller's words to the best KB question): at or above
-    # faq_threshold the KB answer is read out as written; between grounded_threshold and it, the LLM answers
-    # from the top_k entries; below, the LLM answers without inventing facts and offers a ticket or a human.
-    # Calibrated with MiniLM on samples/kb.json and tests/data/paraphrases.json (see voicebot/retrieval.py):
-    # 69 caller paraphrases, top-1 accuracy 94.2%, correct top-1 scores 0.31-0.88 (median 0.61); 25
-    # out-of-scope questions score 0.13-0.75, the near-misses highest ("what is Amazon's return policy" 0.75,
-    # "can I pay with bitcoin" 0.67), and the worst mis-ranked paraphrase 0.70. faq = 0.75 + 0.02 margin keeps
-    # all of those out of the read-as-written band (3 paraphrases reach it, 62 go grounded); grounded = the
-    # lowest score of a paraphrase whose entry is in the top 3. Lower faq_threshold only for a KB whose
-    # near-misses you have measured: at 0.70, 18 paraphrases answer straight but so does the Amazon question.
+    # Extra example utterances per intent (a JSON file shaped like voicebot/data/intents.json), added to the
+    # shipped ones: a deployment's own ways of asking for a person, saying goodbye or stating a problem.
+    intents_path: Path | None = None
+    # Retrieval routing defaults, for a knowledge base that `voicebot kb check` has not calibrated (the
+    # calibrated thresholds are stored beside the KB's index and win): at or above faq_threshold, and at least
+    # faq_margin above the second entry, the KB answer is read out as written; from grounded_threshold the LLM
+    # answers from the top_k entries; below, it may only decline and offer a ticket or a human.
     faq_threshold: float = 0.77
+    faq_margin: float = 0.0
     grounded_threshold: float = 0.31
     top_k: int = 3
     # A grounded reply gets the top_k entries scoring within facts_margin of the best one (and at or above
     # grounded_threshold). Each entry is ~30-40 prompt tokens, ~5 ms apiece on 2 cores before the first word;
     # on tests/data/paraphrases.json 0.08 keeps the right entry as often as all 3 do (67/69) with 1.4 on average.
     facts_margin: float = 0.08
-    # The first sentence of a grounded reply must be at least this close (cosine, MiniLM) to one of its facts,
-    # or the fallback line (sorry, ticket or colleague) is said instead. The 0.5B model echoes the caller
-    # ("Yes, we sell car tyres.") when its facts don't answer. Measured on tests/data/paraphrases.json: of 16
-    # out-of-scope questions that reach the grounded LLM, 0.40 stops 8 (0.35: 4); of 59 in-scope ones it
-    # replaces 13 first sentences with the fallback line (0.35: 8), 5 of which declined anyway.
-    reply_support: float = 0.40
     history_turns: int = 10
     llm_max_tokens: int = 80
     llm_context: int = 2048

@@ -1,13 +1,10 @@
 """The dialog brain: from what the caller said to what the bot says next, and the record of it.
 
-`DialogEngine` holds what every call shares (embedder, FAQ index, LLMs, store); `Conversation` is one call.
-A caller turn is routed cheapest first, so a knowledge-base answer never waits for the LLM:
-
-1. keywords (`voicebot.intents.detect`): a request for a human, a complaint stated as such, a goodbye;
-2. retrieval: at or above `dialog.faq_threshold` the KB answer is read out word for word;
-3. only then the LLM: a one-word intent label for statements the keywords missed ("two payments came out of
-   my account"), then a reply grounded on the top KB entries (score at or above `grounded_threshold`) or,
-   below that, a reply that may only decline and offer a ticket or a colleague.
+`DialogEngine` holds what every call shares (embedder, FAQ index, intent examples, LLMs, the company, the
+recorder); `Conversation` is one call. A caller turn costs one embedding of the caller's words, one FAISS search
+and one dot product with the intent examples; `voicebot.routing.decide` weighs them and picks the route, so a
+knowledge-base answer never waits for the LLM. Only statements that nothing recognised go to the LLM classifier,
+and only answers the KB doesn't hold word for word go to the LLM writer (`voicebot.reply_writer`).
 
 A reply streams (`Reply.sentences`): the voice starts on the first sentence while the LLM writes the second,
 and stops generating when the caller barges in. What the caller actually heard comes back through
@@ -23,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -31,23 +29,23 @@ from voicebot.config import Settings
 from voicebot.embedder import Embedder, load_embedder
 from voicebot.intents import (
     IntentClassifier,
-    Kind,
-    asks_something,
-    detect,
-    is_frustrated,
-    is_small_talk,
-    is_ticket_request,
-    is_transaction,
-    ticket_category,
+    IntentExamples,
+    IntentMatcher,
+    load_intent_examples,
+    read_cues,
 )
+from voicebot.kb import Company, load_knowledge_base
 from voicebot.llm import LlamaChat, Message, load_llm
-from voicebot.retrieval import FaqIndex, Hit
-from voicebot.store import Store, Ticket, TurnRecord, speak_ticket_id
+from voicebot.reply_writer import ReplyWriter, Written
+from voicebot.retrieval import FaqIndex, Thresholds
+from voicebot.routes import CallAction, DialogState, HandoffReason, ReplyKind, Route
+from voicebot.routing import Context, Decision, Turn, decide
+from voicebot.store import Ticket, TurnRecord, speak_ticket_id
 
 log = logging.getLogger(__name__)
 
 # Two complaints in one call are the same issue when they share a category or their words are this close
-# (cosine of MiniLM embeddings): "the kettle is broken" then "I want my money back for the kettle".
+# (cosine of MiniLM embeddings): "the boiler is broken" then "I want my money back for the boiler".
 SAME_ISSUE_SIMILARITY = 0.6
 # A summary is the caller's own words; a turn this short ("it's broken") or one that only asks for a ticket
 # ("yes, open a ticket") borrows the caller's turn before, where the issue was described.
@@ -56,31 +54,49 @@ MESSAGE_OVERHEAD = 5  # chat-template tokens around each message (<|im_start|>ro
 FILLERS = re.compile(r"\b(?:um+|uh+|er+|erm|you know|like I said)\b[,]?\s*", re.IGNORECASE)
 
 
+class Recorder(Protocol):
+    """What the dialog needs of the store: the call's record and its tickets (`voicebot.store.Store` is one)."""
+
+    def start_call(self, call_id: str, caller: str | None, channel: str) -> None: ...
+
+    def record_turn(self, call_id: str, turn: TurnRecord) -> None: ...
+
+    def record_greeting(self, call_id: str, spoken_text: str, interrupted: bool, latency_ms: dict) -> None: ...
+
+    def end_call(self, call_id: str, handoff_reason: str | None = None) -> None: ...
+
+    def create_ticket(self, call_id: str, caller: str | None, category: str, summary: str) -> Ticket: ...
+
+
 @dataclass
 class Reply:
-    """One bot utterance, streamed. `route`, `llm_first_token_ms` and `spoken` are final once `sentences` is done.
+    """One bot utterance, streamed. `route`, `faq_id`, `llm_first_token_ms` and `spoken` are final once
+    `sentences` is exhausted (a refused LLM reply becomes a fallback, or the best entry read as written)."""
 
-    `kind` is "turn" (an answer to the caller), "greeting", "prompt" (a fixed line such as "sorry, go ahead")
-    or "dtmf". `action` is what the call does after the last sentence has been played: "transfer" (with
-    `reason`) or "hangup".
-    """
-
-    kind: str
-    route: str
-    state: str
+    kind: ReplyKind
+    route: Route
+    state: DialogState
     sentences: Iterator[str]
     caller_text: str = ""
-    faq_id: str | None = None
-    action: str | None = None
-    reason: str | None = None
+    faq_id: str | None = None  # FAQ: the entry read; LLM: the entry it is grounded on
+    action: CallAction | None = None
+    reason: HandoffReason | None = None
     ticket_id: str | None = None
     score: float | None = None  # the best KB match's cosine similarity, when retrieval ran
-    low_confidence: bool = False  # nothing in the KB and no intent: counts towards a hand-off
+    decision: Decision | None = None  # why this route (caller turns only)
     route_ms: float | None = None
     classify_ms: float | None = None
-    llm_first_token_ms: float | None = None
     llm_message: str | None = None  # the user message the LLM got (facts and caller's words)
+    written: Written | None = None  # the LLM writer's account, for LLM replies
     spoken: list[str] = field(default_factory=list)  # every sentence handed out so far
+
+    @property
+    def llm_first_token_ms(self) -> float | None:
+        return None if self.written is None else self.written.first_token_ms
+
+    @property
+    def low_confidence(self) -> bool:
+        return self.decision is not None and self.decision.low_confidence
 
     def cancel(self) -> None:
         """Stop producing sentences (the caller barged in); an LLM generation stops at its next token."""
@@ -104,7 +120,7 @@ def _ms(value: float | None) -> float | None:
 
 
 class DialogEngine:
-    """What every call of the process shares: models, knowledge base, store. Thread-safe for many calls."""
+    """What every call of the process shares: models, knowledge base, company, recorder. Thread-safe."""
 
     def __init__(
         self,
@@ -113,7 +129,10 @@ class DialogEngine:
         index: FaqIndex,
         llm: LlamaChat,
         classifier: IntentClassifier,
-        store: Store,
+        recorder: Recorder,
+        *,
+        company: Company | None = None,
+        intents: IntentExamples | None = None,
     ) -> None:
         self.settings = settings
         self.dialog = settings.dialog
@@ -121,19 +140,31 @@ class DialogEngine:
         self.index = index
         self.llm = llm
         self.classifier = classifier
-        self.store = store
-        self.reply_prefix = prompts.reply_prefix(self.dialog)
+        self.store = recorder
+        self.company = prompts.company_profile(company or Company(), self.dialog)
+        self.intents = IntentMatcher(
+            embedder, intents or load_intent_examples(self.dialog.intents_path), self.company.ticket_categories
+        )
+        self.writer = ReplyWriter(llm, self.dialog, self.company.name)
+        self.entries = {entry.id: entry for entry in index.entries}
+        self.reply_prefix = prompts.reply_prefix(self.company, self.dialog.tone)
         self.reply_prefix_tokens = sum(llm.token_count(m.content) + MESSAGE_OVERHEAD for m in self.reply_prefix)
 
     @classmethod
-    def load(cls, settings: Settings, *, kb_path: Path, store: Store, progress: bool = False) -> DialogEngine:
+    def load(cls, settings: Settings, *, kb_path: Path, store: Recorder, progress: bool = False) -> DialogEngine:
         """Load the embedder and both LLM contexts, and build (or load) the knowledge base's index."""
+        kb = load_knowledge_base(kb_path)
         embedder = load_embedder(settings.models)
         index = FaqIndex.build_or_load(
-            kb_path, embedder, progress=progress, fallback_dir=settings.models.dir / "kb-index"
+            kb_path,
+            embedder,
+            progress=progress,
+            fallback_dir=settings.models.dir / "kb-index",
+            default_thresholds=Thresholds.from_settings(settings.dialog),
         )
         llm = load_llm(settings.models, settings.dialog)
-        return cls(settings, embedder, index, llm, IntentClassifier.beside(llm, settings.models), store)
+        classifier = IntentClassifier.beside(llm, settings.models)
+        return cls(settings, embedder, index, llm, classifier, store, company=kb.company)
 
     def warm_up(self) -> float:
         """Put the static prompts' KV state in both LLM contexts, so the first caller doesn't pay for it.
@@ -148,7 +179,7 @@ class DialogEngine:
 
     def fixed_prompts(self) -> list[str]:
         """Sentences said word for word (greeting, farewell, hand-off lines), to synthesize ahead of time."""
-        return prompts.fixed_lines(self.dialog)
+        return prompts.fixed_lines(self.company)
 
     def conversation(self, call_id: str, caller: str | None, channel: str) -> Conversation:
         """Open the call's record and its conversation."""
@@ -168,7 +199,7 @@ class _Exchange:
 
 
 class Conversation:
-    """One call: its history, state, failed-turn and frustration counts, and the tickets it opened."""
+    """One call: its history, topic, state, failed-turn and frustration counts, and the tickets it opened."""
 
     def __init__(self, engine: DialogEngine, call_id: str, caller: str | None, channel: str) -> None:
         self.engine = engine
@@ -176,11 +207,12 @@ class Conversation:
         self.caller = caller
         self.channel = channel
         self.history: list[_Exchange] = []
-        self.state = "consulting"
+        self.state = DialogState.CONSULTING
+        self.topic: str | None = None  # the KB entry the conversation is about, for follow-ups
         self.failed_turns = 0  # low-confidence or fallback turns in a row
         self.frustration = 0
         self.tickets: list[tuple[Ticket, np.ndarray]] = []  # with the embedding of the words that opened it
-        self.handoff_reason: str | None = None
+        self.handoff_reason: HandoffReason | None = None
         self._turns = 0
         self._last_reply = ""
         self._ended = False
@@ -188,81 +220,109 @@ class Conversation:
     # ------------------------------------------------------------ what the bot says unprompted
 
     def greeting(self) -> Reply:
-        return self._fixed("greeting", "consulting", prompts.greeting(self.engine.dialog), route="greeting")
+        return self._fixed(ReplyKind.GREETING, Route.GREETING, prompts.greeting(self.engine.company))
 
     def prompt(self, text: str) -> Reply:
         """A fixed line the voice layer asks for (e.g. "Sorry, go ahead." after a cough cut the bot off)."""
-        return self._fixed("prompt", self.state, text, route="prompt")
+        return self._fixed(ReplyKind.PROMPT, Route.PROMPT, text, state=self.state)
 
     def respond_dtmf(self, meaning: str) -> Reply:
         """A key the caller pressed, by meaning: "human" transfers the call, "repeat" says the last reply again."""
         pressed = f"[keypad: {meaning}]"
         if meaning == "human":
-            line = prompts.HANDOFF_LINES["dtmf"]
-            return self._fixed("dtmf", "handoff", line, "dtmf", caller_text=pressed, action="transfer", reason="dtmf")
+            return self._fixed(
+                ReplyKind.DTMF,
+                Route.DTMF,
+                prompts.HANDOFF_LINES[HandoffReason.DTMF],
+                state=DialogState.HANDOFF,
+                caller_text=pressed,
+                action=CallAction.TRANSFER,
+                reason=HandoffReason.DTMF,
+            )
         if meaning == "repeat":
-            line = self._last_reply or prompts.greeting(self.engine.dialog)
-            return self._fixed("dtmf", self.state, line, "dtmf", caller_text=pressed)
+            line = self._last_reply or prompts.greeting(self.engine.company)
+            return self._fixed(ReplyKind.DTMF, Route.DTMF, line, state=self.state, caller_text=pressed)
         raise ValueError(f"DTMF meaning {meaning!r} is not known; use human or repeat in voice.dtmf_map")
 
     # ------------------------------------------------------------ a caller turn
+
+    def decide(self, text: str, vector: np.ndarray | None = None) -> tuple[Decision, Turn, float | None]:
+        """Route the caller's words: the decision, what it was based on, and the LLM classifier's ms (if asked)."""
+        engine, dialog = self.engine, self.engine.dialog
+        cues = read_cues(text)
+        if vector is None:
+            vector = engine.embedder.encode([text])[0]
+        hits = engine.index.rank(vector[np.newaxis, :], dialog.top_k)[0]
+        topic_hits = []
+        if cues.follow_up and self.topic is not None:
+            topic = engine.entries.get(self.topic)
+            if topic is not None:
+                topic_hits = engine.index.search(f"{topic.question} {text}", k=dialog.top_k)
+        turn = Turn(
+            text=text,
+            cues=cues,
+            hits=hits,
+            intents=engine.intents.match(vector),
+            thresholds=engine.index.thresholds,
+            intent_thresholds=engine.intents.thresholds,
+            context=Context(self.topic, self.failed_turns, self.frustration),
+            topic_hits=topic_hits,
+            category=engine.intents.category(vector),
+            facts_margin=dialog.facts_margin,
+        )
+        decision = decide(turn)
+        classify_ms = None
+        if decision.needs_label:
+            label = engine.classifier.classify(text)
+            classify_ms = label.ms
+            decision = decide(turn, label.kind)
+        return decision, turn, classify_ms
 
     def respond(self, caller_text: str, *, cancelled: Callable[[], bool] | None = None) -> Reply:
         """Route the caller's words and start the reply. Nothing is recorded until `commit`."""
         start = time.perf_counter()
         text = " ".join(caller_text.split())
         if not text:
-            return self._fixed("turn", self.state, prompts.NOT_HEARD_LINE, route="fallback")
-        if is_frustrated(text):
+            return self._fixed(ReplyKind.TURN, Route.REPEAT, prompts.NOT_HEARD_LINE, state=self.state)
+        vector = self.engine.embedder.encode([text])[0]
+        decision, turn, classify_ms = self.decide(text, vector)
+        if decision.frustrated:
             self.frustration += 1
-            if self.frustration >= 2:
-                return self._handoff(text, "frustration", start)
-        intent = detect(text)
-        if intent is not None and intent.kind is Kind.HUMAN:
-            return self._handoff(text, "requested", start)
-        if intent is not None and intent.kind is Kind.BYE:
-            return self._hangup(text, start)
-        asks = asks_something(text)
-        if intent is not None and not asks:
-            return self._ticket(text, intent.category or "complaint", start)
-        dialog = self.engine.dialog
-        hits = self.engine.index.search(text, k=dialog.top_k)
-        score = hits[0].score if hits else 0.0
-        route_ms = (time.perf_counter() - start) * 1000
-        if intent is not None and score < dialog.grounded_threshold:
-            # "can you repair my laptop" and the KB knows nothing about it: a ticket is the useful answer.
-            return self._ticket(text, intent.category or "complaint", start)
-        if score >= dialog.faq_threshold:
-            return self._faq(text, hits[0], score, route_ms)
-        classify_ms = None
-        if intent is None and not asks and not is_small_talk(text):
-            label = self.engine.classifier.classify(text)
-            classify_ms = label.ms
-            if label.kind is Kind.TICKET:
-                return self._ticket(text, ticket_category(text), start, classify_ms=classify_ms)
-            if label.kind is Kind.HUMAN and score < dialog.grounded_threshold:
-                # The small model hears "in person" in "can I grab it in person at a branch" as a request for
-                # one; a transfer costs a colleague's time, so it must not be about anything the KB covers.
-                return self._handoff(text, "requested", start, classify_ms=classify_ms)
-            if label.kind is Kind.BYE:
-                return self._hangup(text, start, classify_ms=classify_ms)
-        floor = max(dialog.grounded_threshold, score - dialog.facts_margin)
-        grounded = [hit for hit in hits if hit.score >= floor]
-        low_confidence = not grounded and not is_small_talk(text)
-        if low_confidence and self.failed_turns >= 1:
-            return self._handoff(text, "failed_turns", start, classify_ms=classify_ms)
-        reply = Reply(
-            "turn",
-            "llm",
-            _answer_state(text),
-            iter(()),
-            caller_text=text,
-            score=score,
-            low_confidence=low_confidence,
-            route_ms=route_ms,
-            classify_ms=classify_ms,
-        )
-        reply.sentences = self._generate(reply, [hit.entry.answer for hit in grounded], cancelled or (lambda: False))
+        route_ms = (time.perf_counter() - start) * 1000 - (classify_ms or 0.0)
+        score = turn.hits[0].score if turn.hits else 0.0
+        log.debug("call %s: %s (%s)", self.call_id, decision.route, decision.why)
+        match decision.route:
+            case Route.HANDOFF:
+                assert decision.reason is not None
+                reply = self._fixed(
+                    ReplyKind.TURN,
+                    Route.HANDOFF,
+                    prompts.HANDOFF_LINES[decision.reason],
+                    state=DialogState.HANDOFF,
+                    caller_text=text,
+                    action=CallAction.TRANSFER,
+                    reason=decision.reason,
+                )
+            case Route.HANGUP:
+                reply = self._fixed(
+                    ReplyKind.TURN,
+                    Route.HANGUP,
+                    prompts.farewell(self.engine.company),
+                    state=DialogState.CLOSING,
+                    caller_text=text,
+                    action=CallAction.HANGUP,
+                )
+            case Route.TICKET:
+                reply = self._ticket(text, decision.category or "complaint", vector)
+            case Route.FAQ:
+                entry = self.engine.entries[decision.entry_id or ""]
+                reply = self._fixed(ReplyKind.TURN, Route.FAQ, entry.answer, state=decision.state, caller_text=text)
+                reply.faq_id = entry.id
+            case Route.REPEAT:
+                reply = self._fixed(ReplyKind.TURN, Route.REPEAT, prompts.NOT_HEARD_LINE, state=self.state)
+            case _:
+                reply = self._llm(text, decision, cancelled or (lambda: False))
+        reply.decision, reply.score, reply.route_ms, reply.classify_ms = decision, score, route_ms, classify_ms
         return reply
 
     def commit(
@@ -275,18 +335,20 @@ class Conversation:
         """
         reply.cancel()
         latency = {**reply.timings(), **(latency_ms or {})}
-        if reply.kind == "greeting":
+        if reply.kind is ReplyKind.GREETING:
             self.engine.store.record_greeting(self.call_id, spoken_text, interrupted, latency)
             return
-        if reply.kind == "prompt":
+        if reply.kind is ReplyKind.PROMPT:
             return
         self._last_reply = spoken_text or self._last_reply
         self.state = reply.state
-        if reply.action == "transfer":  # recorded when said, not when decided: a barge-in may have cancelled it
+        if reply.action is CallAction.TRANSFER:  # recorded when said, not when decided: a barge-in may cancel it
             self.handoff_reason = reply.reason
-        if reply.kind == "turn":
-            failed = reply.low_confidence or reply.route == "fallback"
+        if reply.kind is ReplyKind.TURN:
+            failed = reply.low_confidence or reply.route is Route.FALLBACK
             self.failed_turns = self.failed_turns + 1 if failed else 0
+            if reply.route in (Route.FAQ, Route.LLM) and reply.faq_id is not None:
+                self.topic = reply.faq_id
             message = reply.llm_message or prompts.caller_message(reply.caller_text)
             self.history.append(_Exchange(reply.caller_text, spoken_text, message))
             limit = max(1, self.engine.dialog.history_turns)
@@ -328,74 +390,21 @@ class Conversation:
 
     def _fixed(
         self,
-        kind: str,
-        state: str,
+        kind: ReplyKind,
+        route: Route,
         text: str,
-        route: str,
         *,
+        state: DialogState = DialogState.CONSULTING,
         caller_text: str = "",
-        action: str | None = None,
-        reason: str | None = None,
-        route_ms: float | None = None,
-        classify_ms: float | None = None,
+        action: CallAction | None = None,
+        reason: HandoffReason | None = None,
     ) -> Reply:
-        reply = Reply(
-            kind,
-            route,
-            state,
-            iter(()),
-            caller_text=caller_text,
-            action=action,
-            reason=reason,
-            route_ms=route_ms,
-            classify_ms=classify_ms,
-        )
+        reply = Reply(kind, route, state, iter(()), caller_text=caller_text, action=action, reason=reason)
         reply.sentences = _handing_out(reply, prompts.split_sentences(text))
         return reply
 
-    def _faq(self, text: str, hit: Hit, score: float, route_ms: float) -> Reply:
-        """The KB answer as written, a sentence at a time: the voice has them synthesized already."""
-        reply = Reply(
-            "turn",
-            "faq",
-            _answer_state(text),
-            iter(()),
-            caller_text=text,
-            faq_id=hit.entry.id,
-            score=score,
-            route_ms=route_ms,
-        )
-        reply.sentences = _handing_out(reply, prompts.split_sentences(hit.entry.answer))
-        return reply
-
-    def _handoff(self, text: str, reason: str, start: float, *, classify_ms: float | None = None) -> Reply:
-        return self._fixed(
-            "turn",
-            "handoff",
-            prompts.HANDOFF_LINES[reason],
-            "handoff",
-            caller_text=text,
-            action="transfer",
-            reason=reason,
-            route_ms=_since(start, classify_ms),
-            classify_ms=classify_ms,
-        )
-
-    def _hangup(self, text: str, start: float, *, classify_ms: float | None = None) -> Reply:
-        return self._fixed(
-            "turn",
-            "closing",
-            prompts.farewell(self.engine.dialog),
-            "hangup",
-            caller_text=text,
-            action="hangup",
-            route_ms=_since(start, classify_ms),
-            classify_ms=classify_ms,
-        )
-
-    def _ticket(self, text: str, category: str, start: float, *, classify_ms: float | None = None) -> Reply:
+    def _ticket(self, text: str, category: str, vector: np.ndarray) -> Reply:
         """Open a ticket for a new issue, or name the one this call already opened for the same issue."""
-        vector = self.engine.embedder.encode([text])[0]
         existing = next(
             (
                 ticket
@@ -410,33 +419,37 @@ class Conversation:
             ticket = self.engine.store.create_ticket(self.call_id, self.caller, category, self._summary(text))
             self.tickets.append((ticket, vector))
             line = prompts.ticket_opened(category, speak_ticket_id(ticket.id))
-        reply = self._fixed(
-            "turn",
-            "complaint",
-            line,
-            "ticket",
-            caller_text=text,
-            route_ms=_since(start, classify_ms),
-            classify_ms=classify_ms,
-        )
+        reply = self._fixed(ReplyKind.TURN, Route.TICKET, line, state=DialogState.COMPLAINT, caller_text=text)
         reply.ticket_id = ticket.id
         return reply
 
     def _summary(self, text: str) -> str:
         """The ticket's summary: the caller's own words, cleaned, with the turn before when this one is short."""
         words = [text]
-        if (len(text.split()) <= SHORT_TURN_WORDS or is_ticket_request(text)) and self.history:
+        if (len(text.split()) <= SHORT_TURN_WORDS or read_cues(text).ticket_request) and self.history:
             words.insert(0, self.history[-1].caller)
         summary = " / ".join(FILLERS.sub("", part).strip(" ,") for part in words)
         summary = summary[:1].upper() + summary[1:]
         return summary if len(summary) <= 300 else summary[:299] + "…"
 
-    # ------------------------------------------------------------ the LLM reply
+    def _llm(self, text: str, decision: Decision, cancelled: Callable[[], bool]) -> Reply:
+        """The LLM's reply from the decision's facts (none: it may only decline, greet or ask back)."""
+        facts = list(decision.facts)
+        reply = Reply(ReplyKind.TURN, Route.LLM, decision.state, iter(()), caller_text=text, faq_id=decision.entry_id)
+        reply.llm_message = prompts.caller_message(text, [hit.entry.answer for hit in facts])
+        reply.written = Written()
+        sentences = self.engine.writer.write(
+            self._messages(reply.llm_message),
+            facts,
+            text,
+            read_threshold=self.engine.index.thresholds.faq,
+            written=reply.written,
+            cancelled=cancelled,
+        )
+        reply.sentences = _following(reply, sentences)
+        return reply
 
-    def _supported(self, sentence: str, facts: list[str]) -> bool:
-        """The reply's first sentence is about its facts, not an echo of the caller's question (~10 ms)."""
-        vectors = self.engine.embedder.encode([sentence, *facts])
-        return float(np.max(vectors[1:] @ vectors[0])) >= self.engine.dialog.reply_support
+    # ------------------------------------------------------------ the LLM's view of the call
 
     def _trim_history(self, keep: int) -> None:
         """Keep the last `keep` turns, without their facts.
@@ -465,62 +478,6 @@ class Conversation:
             messages.append(Message("user", message))
         return messages
 
-    def _generate(self, reply: Reply, facts: list[str], cancelled: Callable[[], bool]) -> Iterator[str]:
-        """Stream the LLM's reply as speakable sentences, at most two, each checked against invented facts.
-
-        A sentence that fails the check is not said, nor anything after it; if it was the first, the fixed
-        fallback line (sorry, a ticket or a colleague) is said instead and the route becomes "fallback".
-        """
-        dialog = self.engine.dialog
-        sources = " ".join([*facts, reply.caller_text])
-        start = time.perf_counter()
-        reply.llm_message = prompts.caller_message(reply.caller_text, facts)
-        tokens = self.engine.llm.stream(
-            self._messages(reply.llm_message), max_tokens=dialog.llm_max_tokens, temperature=0.2
-        )
-        cutter = prompts.SentenceCutter()
-
-        def chunks() -> Iterator[str]:
-            for token in tokens:
-                if reply.llm_first_token_ms is None:
-                    reply.llm_first_token_ms = (time.perf_counter() - start) * 1000
-                if cancelled():
-                    return
-                yield from cutter.feed(token)
-            yield from cutter.flush()
-
-        sentences = 0
-        try:
-            for chunk in chunks():
-                if facts:
-                    ok = prompts.grounded_sentence_ok(chunk, sources) and (
-                        reply.spoken or self._supported(chunk, facts)
-                    )
-                else:
-                    ok = prompts.ungrounded_sentence_ok(chunk)
-                if not ok:
-                    # Said nothing yet: the fallback line. Said something: stop there, it was fine so far.
-                    log.info("call %s: dropped an unsupported LLM sentence: %r", self.call_id, chunk)
-                    if not reply.spoken:
-                        reply.route = "fallback"
-                        yield from _handing_out(reply, prompts.split_sentences(prompts.FALLBACK_LINE))
-                    return
-                reply.spoken.append(chunk)
-                yield chunk
-                sentences += chunk.endswith((".", "!", "?"))
-                if sentences >= 2 or cancelled():
-                    return
-            if not reply.spoken and not cancelled():
-                reply.route = "fallback"
-                yield from _handing_out(reply, prompts.split_sentences(prompts.FALLBACK_LINE))
-        finally:
-            tokens.close()
-
-
-def _answer_state(text: str) -> str:
-    """The dialog state of a question the bot answers: about doing something with an order, or not."""
-    return "transaction" if is_transaction(text) else "consulting"
-
 
 def _handing_out(reply: Reply, sentences: list[str]) -> Iterator[str]:
     for sentence in sentences:
@@ -528,6 +485,17 @@ def _handing_out(reply: Reply, sentences: list[str]) -> Iterator[str]:
         yield sentence
 
 
-def _since(start: float, classify_ms: float | None) -> float:
-    """Routing time, not counting the LLM classification (reported on its own)."""
-    return (time.perf_counter() - start) * 1000 - (classify_ms or 0.0)
+def _following(reply: Reply, sentences: Iterator[str]) -> Iterator[str]:
+    """Hand out the writer's sentences, keeping `reply.route`/`faq_id` in step with what it decided."""
+    assert reply.written is not None
+    try:
+        for sentence in sentences:
+            if reply.written.route is not Route.LLM:
+                reply.route = reply.written.route
+                reply.faq_id = reply.written.fell_back_to
+            reply.spoken.append(sentence)
+            yield sentence
+    finally:
+        close = getattr(sentences, "close", None)
+        if close is not None:
+            close()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voicebot.audio import Resampler, pcm16_to_float
+from voicebot.routes import CallAction, HandoffReason, ReplyKind, Route
 from voicebot.stt import Transcript
 from voicebot.vad import SpeechEnd, SpeechPause, SpeechResume, SpeechStart, VadStream
 
@@ -126,9 +127,9 @@ class ReplyFinished:
     """The reply's work is done: every sentence has been delivered by `SentenceReady`."""
 
     job: int
-    route: str
-    action: str | None  # None | "transfer" | "hangup"
-    reason: str | None
+    route: Route
+    action: CallAction | None
+    reason: HandoffReason | None
     route_ms: float | None
     llm_first_token_ms: float | None
     now: float
@@ -163,11 +164,11 @@ class Transcribe:
 
 @dataclass(frozen=True)
 class Respond:
-    """Produce the bot's reply: `kind` is "greeting", "text" (a caller utterance), "dtmf" (`text` is the key's
-    meaning from the DTMF map, e.g. "human") or "prompt" (`text` is the line to say)."""
+    """Produce the bot's reply: for a greeting, a caller turn (`text` is what they said), a key (`text` is its
+    meaning from the DTMF map, e.g. "human") or a prompt (`text` is the line to say)."""
 
     job: int
-    kind: str
+    kind: ReplyKind
     text: str
 
 
@@ -181,7 +182,7 @@ class CommitTurn:
     """Record the reply of `job` as actually played: `spoken_text` is cut at a barge-in."""
 
     job: int
-    kind: str
+    kind: ReplyKind
     spoken_text: str
     interrupted: bool
     latency_ms: dict[str, float | None]
@@ -189,7 +190,7 @@ class CommitTurn:
 
 @dataclass(frozen=True)
 class Transfer:
-    reason: str
+    reason: HandoffReason
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ class SessionOptions:
 @dataclass
 class _BotUtterance:
     job: int
-    kind: str
+    kind: ReplyKind
     turn: int
     sentences: list[tuple[str, str]] = field(default_factory=list)  # (text, mark name)
     echoed: set[str] = field(default_factory=set)
@@ -275,7 +276,7 @@ class CallSession:
         self._bot: _BotUtterance | None = None
         self._responding: tuple[int, str] | None = None  # job and caller text of a reply with no audio out yet
         self._cleared_marks: set[str] = set()
-        self._pending_action: tuple[str, str | None] | None = None
+        self._pending_action: tuple[CallAction, HandoffReason | None] | None = None
         self.ended = False
         self.greeting_played: str | None = None
         self.greeting_interrupted = False
@@ -287,7 +288,7 @@ class CallSession:
             return []
         match event:
             case CallStarted():
-                return self._respond("greeting", "", event.now)
+                return self._respond(ReplyKind.GREETING, "", event.now)
             case AudioIn():
                 return self._on_audio(event)
             case DtmfIn():
@@ -414,7 +415,7 @@ class CallSession:
         if not transcript.usable or (caller.during_bot and is_backchannel(transcript.text)):
             # Nothing to answer. If this sound already cut the bot off, invite the caller to go on.
             if caller.barged_in and self._bot is None and self._responding is None:
-                return self._respond("prompt", self.options.sorry_prompt, now)
+                return self._respond(ReplyKind.PROMPT, self.options.sorry_prompt, now)
             return []
         actions: list[Action] = []
         if self.bot_speaking:  # short speech that did not pass the gate but says something real
@@ -427,7 +428,7 @@ class CallSession:
             text = f"{previous} {text}"
         stt_wait = max(0.0, (caller.stt_ready_now or now) - (caller.ended_now or now)) * 1000
         latency = {"endpoint": caller.endpoint_ms, "stt": round(stt_wait, 1), "stt_compute": caller.stt_compute_ms}
-        actions += self._respond("text", text, now, latency, caller_ended_now=caller.ended_now)
+        actions += self._respond(ReplyKind.TURN, text, now, latency, caller_ended_now=caller.ended_now)
         return actions
 
     # ------------------------------------------------------------ barge-in
@@ -456,8 +457,8 @@ class CallSession:
         self._cleared_marks.update(mark for _, mark in bot.sentences if mark not in bot.echoed)
         if bot.finished is None:
             actions.append(Cancel(bot.job))
-        if bot.finished is not None and bot.finished.action == "transfer":
-            self._pending_action = ("transfer", bot.finished.reason)  # they asked for a human: go now
+        if bot.finished is not None and bot.finished.action is CallAction.TRANSFER:
+            self._pending_action = (CallAction.TRANSFER, bot.finished.reason)  # they asked for a human: go now
         actions += self._commit(bot, interrupted=True)
         self._bot, self._responding = None, None
         if self._pending_action is not None:
@@ -473,13 +474,13 @@ class CallSession:
         actions: list[Action] = []
         if self.bot_speaking or self._bot is not None:
             actions += self._barge_in()
-        return actions + self._respond("dtmf", meaning, event.now)
+        return actions + self._respond(ReplyKind.DTMF, meaning, event.now)
 
     # ------------------------------------------------------------ the bot's replies
 
     def _respond(
         self,
-        kind: str,
+        kind: ReplyKind,
         text: str,
         now: float,
         latency: dict[str, float | None] | None = None,
@@ -490,7 +491,7 @@ class CallSession:
         bot.latency = dict(latency or {})
         bot.latency["_t0"] = caller_ended_now if caller_ended_now is not None else now
         self._bot = bot
-        self._responding = (job, text) if kind == "text" else None
+        self._responding = (job, text) if kind is ReplyKind.TURN else None
         return [Respond(job, kind, text)]
 
     def _on_sentence(self, event: SentenceReady) -> list[Action]:
@@ -546,7 +547,7 @@ class CallSession:
     def _commit(self, bot: _BotUtterance, *, interrupted: bool) -> list[Action]:
         spoken = bot.played_text() if interrupted else bot.full_text()
         latency = {k: v for k, v in bot.latency.items() if not k.startswith("_")}
-        if bot.kind == "greeting":
+        if bot.kind is ReplyKind.GREETING:
             self.greeting_played, self.greeting_interrupted = spoken, interrupted
         return [CommitTurn(bot.job, bot.kind, spoken, interrupted, latency)]
 
@@ -554,10 +555,10 @@ class CallSession:
         assert self._pending_action is not None
         action, reason = self._pending_action
         self._pending_action = None
-        if action == "transfer":
+        if action is CallAction.TRANSFER:
             self.ended = True
-            return [Transfer(reason or "requested"), CallEnded("transferred to a human")]
-        if action == "hangup":
+            return [Transfer(reason or HandoffReason.REQUESTED), CallEnded("transferred to a human")]
+        if action is CallAction.HANGUP:
             self.ended = True
             return [Hangup(), CallEnded("the bot ended the call")]
         raise ValueError(f"unknown reply action {action!r}")

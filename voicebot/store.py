@@ -24,8 +24,11 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
+from voicebot.routes import DialogState, Route
+
 CHANNELS = ("twilio", "chat", "replay", "mic")
-ROUTES = ("faq", "llm", "ticket", "handoff", "hangup", "fallback", "dtmf")
+# The routes a caller turn is recorded with (the greeting is recorded on the call, prompts not at all).
+ROUTES = tuple(route.value for route in Route if route not in (Route.GREETING, Route.PROMPT))
 # No 0/O, 1/I/L, 5/S, 2/Z, 8/B, U/V: pairs a caller mishears or misreads when the id is read out or written down.
 TICKET_ALPHABET = "ACDEFGHJKMNPQRTWXY3479"
 TICKET_ID_LENGTH = 6
@@ -43,11 +46,11 @@ class StoreError(RuntimeError):
 class TurnRecord:
     index: int
     caller_text: str
-    route: str  # one of ROUTES
+    route: Route  # one of ROUTES
     faq_id: str | None
     reply_text: str  # what was actually spoken: cut where the caller barged in
     interrupted: bool
-    state: str  # consulting | complaint | transaction | handoff | closing
+    state: DialogState
     latency_ms: dict[str, float | None]  # endpoint, stt, route, llm_first_token, tts_first_audio, first_audio_out
 
 
@@ -399,11 +402,11 @@ class SqliteStore(Store):
                     call_id,
                     turn.index,
                     turn.caller_text,
-                    turn.route,
+                    str(turn.route),
                     turn.faq_id,
                     turn.reply_text,
                     int(turn.interrupted),
-                    turn.state,
+                    str(turn.state),
                     json.dumps(turn.latency_ms),
                 ),
             )

@@ -220,7 +220,9 @@ class Call:
 
 
 def load_kb() -> dict[str, str]:
-    return {entry["id"]: entry["answer"] for entry in json.loads(KB_PATH.read_text(encoding="utf-8"))}
+    from voicebot.kb import load_kb as read_entries
+
+    return {entry.id: entry.answer for entry in read_entries(KB_PATH)}
 
 
 def answer_gap_ms(kb: dict[str, str], faq_id: str) -> int:
@@ -493,9 +495,11 @@ class Retriever:
         from voicebot.embedder import load_embedder
 
         self.embedder = load_embedder(settings.models)
-        entries = json.loads(KB_PATH.read_text(encoding="utf-8"))
-        self.ids = [e["id"] for e in entries for _ in [e["question"], *e.get("alt_questions", [])]]
-        questions = [q for e in entries for q in [e["question"], *e.get("alt_questions", [])]]
+        from voicebot.kb import load_kb as read_entries
+
+        entries = read_entries(KB_PATH)
+        self.ids = [e.id for e in entries for _ in e.questions]
+        questions = [q for e in entries for q in e.questions]
         self.vectors = self._unit(self.embedder.encode(questions))
 
     @staticmethod

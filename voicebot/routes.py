@@ -1,0 +1,56 @@
+"""The words every layer shares about a turn: its route, the reply's kind, the dialog state, the call action.
+
+Session, dialog, store, metrics and the CLI pass these enums, never strings renamed on the way. They are
+`StrEnum`s, so their values are what call records, `/metrics` labels and users' scripts read, unchanged.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Route(StrEnum):
+    """How a turn was answered. The values are what call records, `/metrics` labels and users' scripts read."""
+
+    FAQ = "faq"  # the KB answer, read as written
+    LLM = "llm"  # the LLM, grounded on KB entries (or declining without them)
+    TICKET = "ticket"
+    HANDOFF = "handoff"
+    HANGUP = "hangup"
+    FALLBACK = "fallback"  # the LLM's reply was refused by the grounding check: the fixed decline line
+    DTMF = "dtmf"
+    REPEAT = "repeat"  # nothing usable was heard: the caller is asked to say it again
+    NO_INPUT = "no_input"
+    GREETING = "greeting"  # not a caller turn: the bot's opening line
+    PROMPT = "prompt"  # not a caller turn: a fixed line the voice layer asked for
+
+
+class ReplyKind(StrEnum):
+    """What a reply answers: the call's start, a caller turn, a key press, or the voice layer's own need."""
+
+    GREETING = "greeting"
+    TURN = "turn"
+    DTMF = "dtmf"
+    PROMPT = "prompt"
+
+
+class DialogState(StrEnum):
+    CONSULTING = "consulting"  # questions about the business
+    TRANSACTION = "transaction"  # about changing, booking or cancelling something of the caller's
+    COMPLAINT = "complaint"
+    HANDOFF = "handoff"
+    CLOSING = "closing"
+
+
+class CallAction(StrEnum):
+    """What the call does once the reply's last sentence has been played."""
+
+    TRANSFER = "transfer"
+    HANGUP = "hangup"
+
+
+class HandoffReason(StrEnum):
+    REQUESTED = "requested"
+    FAILED_TURNS = "failed_turns"
+    FRUSTRATION = "frustration"
+    DTMF = "dtmf"

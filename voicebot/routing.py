@@ -1,0 +1,175 @@
+"""One routing decision per caller turn: a pure function of the words, the conversation and the KB's matches.
+
+`decide` weighs everything at once instead of letting the first keyword win:
+
+1. a request for a person named as such ("can I speak to the dentist", "put me through to billing") transfers,
+   unless negated; repeated frustration or a second turn in a row that nothing answers transfers too;
+2. a confident knowledge-base match (at or above the KB's calibrated `faq` threshold, and clear of the second
+   entry by `margin`) is answered as written: no word inside it ("broken", "not working", "connect me", "see
+   you") can turn it into a ticket, a transfer or a hang-up;
+3. an intent whose example utterances are closer to the caller's words than any KB entry, above its own
+   threshold, acts: a ticket for a problem stated (never for a question), a hang-up for a farewell (never for a
+   question, never for a long sentence that merely contains "bye"), a transfer for a request for a person;
+4. a short follow-up ("how much is it?", "and on Saturdays?") is resolved against the entry the conversation
+   is about;
+5. otherwise the LLM answers from the closest entries (at or above `grounded`), and below that may only
+   decline and offer a ticket or a colleague. A statement (not a question) goes to the LLM classifier first
+   (`Decision.needs_label`): "the crown you fitted hurts and nobody called back" is close to the KB's entry
+   about emergencies, but the caller is reporting a problem, not asking what to do.
+
+It calls no model and touches no database, so tests drive it with hand-made hits and scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from voicebot.intents import Cues, IntentMatch, Kind
+from voicebot.retrieval import Hit, Thresholds
+from voicebot.routes import DialogState, HandoffReason, Route
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the routing needs to know of the conversation so far."""
+
+    topic: str | None = None  # the KB entry the last answer was about
+    failed_turns: int = 0  # turns in a row nothing answered
+    frustration: int = 0  # frustrated turns so far, this one not counted
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: Route
+    state: DialogState
+    entry_id: str | None = None  # FAQ: the entry read out; LLM: the entry its reply is mainly grounded on
+    facts: tuple[Hit, ...] = ()  # LLM: the entries it may answer from, best first
+    category: str | None = None  # TICKET
+    reason: HandoffReason | None = None  # HANDOFF
+    needs_label: bool = False  # ask the LLM classifier, then call `decide` again with its label
+    low_confidence: bool = False  # nothing in the KB and no intent: counts towards a hand-off
+    frustrated: bool = False  # this turn counts towards the frustration hand-off
+    why: str = ""  # one line for logs, `kb eval` and tests
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Everything `decide` looks at for one caller turn."""
+
+    text: str
+    cues: Cues
+    hits: Sequence[Hit]  # retrieval for the caller's words, best first
+    intents: Mapping[Kind, IntentMatch]
+    thresholds: Thresholds
+    intent_thresholds: Mapping[Kind, float]
+    context: Context = field(default_factory=Context)
+    topic_hits: Sequence[Hit] = ()  # retrieval for the topic's question plus these words (follow-ups only)
+    category: str = "complaint"  # the ticket category the words are closest to
+    facts_margin: float = 0.08
+
+
+FRUSTRATION_HANDOFF = 2  # frustrated turns before a colleague takes over
+BYE_MAX_WORDS = 12  # a longer sentence with "bye" in it is saying something else
+
+
+def decide(turn: Turn, label: Kind | None = None) -> Decision:
+    """The route for `turn`. `label` is the LLM classifier's answer (OTHER for a question) when a first call
+    returned `needs_label`; None until it was asked."""
+    cues, ctx, limits = turn.cues, turn.context, turn.thresholds
+    state = DialogState.TRANSACTION if cues.transaction else DialogState.CONSULTING
+    if not turn.text.strip():
+        return Decision(Route.REPEAT, state, why="nothing heard")
+    frustrated = cues.frustrated or _fires(turn, Kind.FRUSTRATION, 0.0)
+    if frustrated and ctx.frustration + 1 >= FRUSTRATION_HANDOFF:
+        return _handoff(HandoffReason.FRUSTRATION, "frustrated again", frustrated=True)
+    if cues.staff_request:
+        return _handoff(HandoffReason.REQUESTED, "asks for a person by name or role", frustrated=frustrated)
+
+    hits = list(turn.hits)
+    kb = hits[0].score if hits else 0.0
+    second = hits[1].score if len(hits) > 1 else 0.0
+    if cues.ticket_request:
+        return _ticket(turn, "asks for a ticket", frustrated)
+    if not cues.asks and cues.words <= BYE_MAX_WORDS and (cues.goodbye or _fires(turn, Kind.BYE, kb)):
+        return Decision(Route.HANGUP, DialogState.CLOSING, frustrated=frustrated, why="says goodbye")
+    if not cues.asks and not cues.negated and _fires(turn, Kind.HUMAN, kb):
+        return _handoff(HandoffReason.REQUESTED, "sounds like a request for a person", frustrated=frustrated)
+
+    follow = _follow_up(turn)
+    if follow is not None:
+        return follow
+    if hits and kb >= limits.faq and kb - second >= limits.margin:
+        # A confident match is answered, unless the caller states a problem with it ("it still won't load, I
+        # cleared the cache") rather than asking: then the LLM classifier decides between a ticket and the answer.
+        if not cues.asks and _fires(turn, Kind.TICKET, 0.0):
+            if label is None:
+                return Decision(
+                    Route.LLM, state, needs_label=True, frustrated=frustrated, why="a problem the KB is about"
+                )
+            if label is Kind.TICKET:
+                return _ticket(turn, "the LLM heard a problem the KB is about", frustrated)
+        return Decision(Route.FAQ, state, hits[0].entry.id, frustrated=frustrated, why=f"KB match {kb:.2f}")
+
+    if not cues.asks and _fires(turn, Kind.TICKET, kb):
+        return _ticket(turn, "states a problem", frustrated)
+    if label is None and not cues.asks and not cues.small_talk:
+        return Decision(Route.LLM, state, needs_label=True, frustrated=frustrated, why="a statement: ask the LLM")
+    if label is Kind.TICKET and not cues.asks:
+        return _ticket(turn, "the LLM heard a problem", frustrated)
+    if label is Kind.HUMAN and not cues.asks and kb < limits.grounded:
+        return _handoff(HandoffReason.REQUESTED, "the LLM heard a request for a person", frustrated=frustrated)
+    if label is Kind.BYE and not cues.asks and cues.words <= BYE_MAX_WORDS:
+        return Decision(Route.HANGUP, DialogState.CLOSING, frustrated=frustrated, why="the LLM heard a goodbye")
+
+    floor = max(limits.grounded, kb - turn.facts_margin)
+    grounded = tuple(hit for hit in hits if hit.score >= floor)
+    low = not grounded and not cues.small_talk
+    if low and ctx.failed_turns >= 1:
+        return _handoff(HandoffReason.FAILED_TURNS, "a second turn nothing answers", frustrated=frustrated)
+    return Decision(
+        Route.LLM,
+        state,
+        grounded[0].entry.id if grounded else None,
+        facts=grounded,
+        low_confidence=low,
+        frustrated=frustrated,
+        why=f"KB {kb:.2f}: {len(grounded)} entries as facts" if grounded else f"KB {kb:.2f}: nothing to answer from",
+    )
+
+
+def _fires(turn: Turn, kind: Kind, kb_score: float) -> bool:
+    """The intent's nearest example is its own best match among all intents, above its threshold, and closer to
+    the caller's words than the knowledge base's best entry."""
+    match = turn.intents.get(kind)
+    if match is None or match.score < turn.intent_thresholds.get(kind, 1.0):
+        return False
+    rivals = [m.score for k, m in turn.intents.items() if k is not kind and k is not Kind.FRUSTRATION]
+    return match.score > kb_score and all(match.score >= score for score in rivals)
+
+
+def _follow_up(turn: Turn) -> Decision | None:
+    """A short line leaning on the topic ("how much is it?"): answered from the topic's entry when the words
+    with the topic point back at it, while the words alone find nothing better."""
+    topic = turn.context.topic
+    if not (turn.cues.follow_up and topic and turn.topic_hits):
+        return None
+    alone = turn.hits[0] if turn.hits else None
+    together = turn.topic_hits[0]
+    named = alone is not None and alone.entry.id != topic and alone.score >= turn.thresholds.faq
+    if named and not (turn.cues.refers_back and together.entry.id == topic):
+        return None  # a new topic, clearly named ("and when are you open?", not "what's the rate on those?")
+    if together.entry.id != topic and (alone is None or together.entry.id == alone.entry.id):
+        return None  # the words with the topic and alone agree on another entry
+    facts = [hit for hit in turn.topic_hits if hit.entry.id == topic]
+    facts += [hit for hit in turn.topic_hits if hit.entry.id != topic][:1]
+    state = DialogState.TRANSACTION if turn.cues.transaction else DialogState.CONSULTING
+    return Decision(Route.LLM, state, topic, facts=tuple(facts), why=f"follow-up on {topic}")
+
+
+def _ticket(turn: Turn, why: str, frustrated: bool) -> Decision:
+    return Decision(Route.TICKET, DialogState.COMPLAINT, category=turn.category, frustrated=frustrated, why=why)
+
+
+def _handoff(reason: HandoffReason, why: str, *, frustrated: bool) -> Decision:
+    return Decision(Route.HANDOFF, DialogState.HANDOFF, reason=reason, frustrated=frustrated, why=why)

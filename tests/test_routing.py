@@ -88,6 +88,9 @@ def test_a_follow_up_is_answered_from_the_topic() -> None:
     )
     assert (decision.route, decision.entry_id) == (Route.LLM, "whitening")
     assert decision.facts[0].entry.id == "whitening"
+    # A pronoun points back even when the words alone match another entry well ("the rate on those").
+    words = turn("and how much is that?", [hit(HOURS, 0.8)], context, topic_hits=[hit(WHITENING, 0.7)])
+    assert (decide(words).route, decide(words).entry_id) == (Route.LLM, "whitening")
     # A new topic, clearly named, is not a follow-up.
     decision = decide(turn("and when are you open?", [hit(HOURS, 0.9)], context, topic_hits=[hit(HOURS, 0.8)]))
     assert (decision.route, decision.entry_id) == (Route.FAQ, "hours")

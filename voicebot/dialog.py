@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from voicebot import prompts
+from voicebot.calibration import calibrate_thresholds, describe, load_out_of_scope
 from voicebot.config import Settings
 from voicebot.embedder import Embedder, load_embedder
 from voicebot.intents import (
@@ -37,7 +38,7 @@ from voicebot.intents import (
 from voicebot.kb import Company, load_knowledge_base
 from voicebot.llm import LlamaChat, Message, load_llm
 from voicebot.reply_writer import ReplyWriter, Written
-from voicebot.retrieval import FaqIndex, Thresholds
+from voicebot.retrieval import FaqIndex, Thresholds, ThresholdSource
 from voicebot.routes import CallAction, DialogState, HandoffReason, ReplyKind, Route
 from voicebot.routing import Context, Decision, Turn, decide
 from voicebot.store import Ticket, TurnRecord, speak_ticket_id
@@ -162,6 +163,12 @@ class DialogEngine:
             fallback_dir=settings.models.dir / "kb-index",
             default_thresholds=Thresholds.from_settings(settings.dialog),
         )
+        if index.thresholds.source is ThresholdSource.DEFAULT:
+            # Never checked: calibrate now (a few seconds, once per KB version) rather than route by defaults
+            # measured on another KB. `voicebot kb check` does the same and reports what it found.
+            thresholds = calibrate_thresholds(index, load_out_of_scope())
+            index.store_thresholds(thresholds)
+            log.info("calibrated the thresholds of %s: %s", kb_path, describe(thresholds))
         llm = load_llm(settings.models, settings.dialog)
         classifier = IntentClassifier.beside(llm, settings.models)
         return cls(settings, embedder, index, llm, classifier, store, company=kb.company)

@@ -38,6 +38,7 @@ def transcriber(settings):
 
 @pytest.fixture(scope="session")
 def synthesizer(settings):
+    """The Piper voice without its random noise: tests that time or cut its speech get the same audio every run."""
     from voicebot.tts import load_synthesizer
 
-    return load_synthesizer(settings.models)
+    return load_synthesizer(settings.models, variation=False)

@@ -23,6 +23,19 @@ def test_piper_speaks_at_the_voice_sample_rate(synthesizer, settings):
         assert np.abs(sentence.audio).max() > 3000, "speech, not silence"
 
 
+def test_piper_says_a_sentence_the_same_way_every_time_unless_asked_for_variation(synthesizer, settings):
+    from voicebot.tts import load_synthesizer
+
+    text = "I would like to change my delivery address, please."
+    first = synthesizer.synthesize(text)
+    assert np.array_equal(first, synthesizer.synthesize(text))
+    assert np.array_equal(first, load_synthesizer(settings.models).synthesize(text)), "and in another process"
+    varied = load_synthesizer(settings.models, variation=True)
+    assert varied.voice_id != synthesizer.voice_id, "the TTS cache keeps the two renderings apart"
+    takes = [varied.synthesize(text) for _ in range(2)]
+    assert not np.array_equal(*takes), "the voice's own noise: each rendering differs"
+
+
 def test_phone_speech_caches_fixed_lines_but_not_one_off_text(synthesizer):
     from voicebot.tts_cache import PhoneSpeech
 

@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
+from voicebot.routes import CallAction, HandoffReason, ReplyKind, Route
 from voicebot.session import (
     AudioIn,
     CallerHungUp,
@@ -87,14 +88,18 @@ class Driver:
         assert jobs, f"expected a Transcribe action in {out}"
         return self.send(Transcribed(jobs[-1].job, Transcript(text, 0.01, -0.2), 300.0, self.t))
 
-    def speak(self, job: int, sentences: list[str], *, action: str | None = None, finish: bool = True) -> list[str]:
+    def speak(
+        self, job: int, sentences: list[str], *, action: CallAction | None = None, finish: bool = True
+    ) -> list[str]:
         marks = []
         for text in sentences:
             out = self.send(SentenceReady(job, text, np.zeros(800, np.int16), 50.0, self.t))
             assert isinstance(out[0], PlayAudio) and isinstance(out[1], SendMark)
             marks.append(out[1].name)
         if finish:
-            self.send(ReplyFinished(job, "faq", action, "requested" if action else None, 5.0, None, self.t))
+            self.send(
+                ReplyFinished(job, Route.FAQ, action, HandoffReason.REQUESTED if action else None, 5.0, None, self.t)
+            )
         return marks
 
 
@@ -104,7 +109,7 @@ def of(kind, actions):
 
 def greet(d: Driver) -> int:
     (respond,) = d.send(CallStarted(0.0))
-    assert isinstance(respond, Respond) and respond.kind == "greeting"
+    assert isinstance(respond, Respond) and respond.kind is ReplyKind.GREETING
     return respond.job
 
 
@@ -115,7 +120,9 @@ def test_greeting_is_committed_in_full_once_its_marks_return(vad):
     assert d.session.bot_speaking
     assert not of(CommitTurn, d.send(MarkEchoed(marks[0], d.t)))
     (commit,) = d.send(MarkEchoed(marks[1], d.t))
-    assert commit == CommitTurn(job, "greeting", "Hi, thanks for calling. How can I help?", False, commit.latency_ms)
+    assert commit == CommitTurn(
+        job, ReplyKind.GREETING, "Hi, thanks for calling. How can I help?", False, commit.latency_ms
+    )
     assert not d.session.bot_speaking
 
 
@@ -130,7 +137,7 @@ def test_turn_is_transcribed_speculatively_at_the_pause_and_answered_at_the_end(
     assert not of(Respond, d.answer_transcribe(out, "I would like to change my delivery address."))
     out = d.silence(400)
     (respond,) = of(Respond, out)
-    assert respond.kind == "text" and respond.text == "I would like to change my delivery address."
+    assert respond.kind is ReplyKind.TURN and respond.text == "I would like to change my delivery address."
 
 
 def test_a_question_ends_the_turn_after_the_shorter_question_pause(vad, utterance):
@@ -210,7 +217,7 @@ def test_speech_right_as_the_bot_starts_is_inside_the_guard_window(vad, utteranc
 def test_hang_up_waits_for_the_farewells_last_mark(vad):
     d = Driver(vad)
     job = greet(d)
-    marks = d.speak(job, ["Thanks for calling.", "Goodbye!"], action="hangup")
+    marks = d.speak(job, ["Thanks for calling.", "Goodbye!"], action=CallAction.HANGUP)
     assert not of(Hangup, d.send(MarkEchoed(marks[0], d.t)))
     out = d.send(MarkEchoed(marks[1], d.t))
     assert of(Hangup, out) and of(CommitTurn, out) and d.session.ended
@@ -222,9 +229,9 @@ def test_dtmf_zero_asks_for_a_human_and_transfers_after_the_reply(vad):
     marks = d.speak(job, ["Hi there."])
     d.send(MarkEchoed(marks[0], d.t))
     (respond,) = of(Respond, d.send(DtmfIn("0", d.t)))
-    assert respond.kind == "dtmf" and respond.text == "human"
+    assert respond.kind is ReplyKind.DTMF and respond.text == "human"
     assert d.send(DtmfIn("7", d.t)) == [], "unmapped digits are ignored"
-    marks = d.speak(respond.job, ["Connecting you to a colleague now."], action="transfer")
+    marks = d.speak(respond.job, ["Connecting you to a colleague now."], action=CallAction.TRANSFER)
     out = d.send(MarkEchoed(marks[0], d.t))
     assert of(Transfer, out) and d.session.ended
 

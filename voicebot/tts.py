@@ -2,6 +2,14 @@
 
 The output rate is the voice's own (`audio.sample_rate` in its `.onnx.json`: 22,050 Hz for the embedded
 voice); callers resample for the phone.
+
+Piper's VITS graph samples random noise on every run (the voice's `noise_scale` for the sound, `noise_w` for
+phoneme durations), so by default the same sentence comes out a little different each time, lengths included.
+The synthesizer turns that noise off unless asked for `variation`: a sentence then always sounds the same, in
+every process, so cached lines are the one rendering of their text, and replays and tests that time speech
+against the bot's audio give the same result on every run. Without the noise each phoneme gets its expected
+duration and sound; with a once-per-process cache of every fixed line, sampled variety was never heard across
+calls anyway.
 """
 
 from __future__ import annotations
@@ -35,10 +43,11 @@ class SpokenSentence:
 
 
 class PiperSynthesizer:
-    def __init__(self, onnx: Path, config: Path, *, threads: int = 2) -> None:
+    def __init__(self, onnx: Path, config: Path, *, threads: int = 2, variation: bool = False) -> None:
+        """Load the voice; `variation` keeps the voice's random noise (each rendering differs), else none."""
         import onnxruntime
         from piper import PiperVoice
-        from piper.config import PiperConfig
+        from piper.config import PiperConfig, SynthesisConfig
 
         try:
             config_dict = json.loads(config.read_text(encoding="utf-8"))
@@ -48,7 +57,9 @@ class PiperSynthesizer:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.voice_id = f"{onnx.stem}:{self.sample_rate}"
+        self.voice_id = f"{onnx.stem}:{self.sample_rate}" + (":varied" if variation else "")
+        # None: the voice's own noise_scale / noise_w from its config; zero noise: the same audio every time.
+        self._syn_config = None if variation else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
         self._voice = PiperVoice(
             config=PiperConfig.from_dict(config_dict),
             session=onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=["CPUExecutionProvider"]),
@@ -62,15 +73,16 @@ class PiperSynthesizer:
     def stream(self, text: str) -> Iterator[SpokenSentence]:
         """Yield each sentence's audio as soon as it is synthesized."""
         for sentence in split_sentences(text):
-            chunks = [c.audio_int16_array for c in self._voice.synthesize(sentence)]
+            chunks = [c.audio_int16_array for c in self._voice.synthesize(sentence, syn_config=self._syn_config)]
             if chunks:
                 yield SpokenSentence(sentence, np.concatenate(chunks).astype(np.int16, copy=False))
 
 
-def load_synthesizer(models: ModelSettings) -> PiperSynthesizer:
+def load_synthesizer(models: ModelSettings, *, variation: bool = False) -> PiperSynthesizer:
+    """The configured Piper voice; deterministic unless `variation` (see the module docstring)."""
     path = model_path(models, "tts")
     if path.is_file():  # an override pointing at the .onnx itself
         onnx, config = path, path.with_name(path.name + ".json")
     else:
         onnx, config = path / "voice.onnx", path / "voice.onnx.json"
-    return PiperSynthesizer(onnx, config, threads=models.threads)
+    return PiperSynthesizer(onnx, config, threads=models.threads, variation=variation)

@@ -20,6 +20,7 @@ from voicebot.stt import WhisperTranscriber, load_transcriber
 from voicebot.tts import load_synthesizer
 from voicebot.tts_cache import PhoneSpeech
 from voicebot.vad import SileroVad, VadOptions, load_vad
+from voicebot.vocabulary import kb_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,11 @@ class VoiceAgent:
     @classmethod
     def load(cls, settings: Settings, dialog: DialogEngine) -> VoiceAgent:
         """Load STT, TTS and VAD next to an already built dialog engine."""
+        vocabulary = kb_vocabulary(dialog.index.entries, dialog.company.name)  # the KB's names, heard right
         return cls(
             settings,
             dialog,
-            load_transcriber(settings.models, settings.voice),
+            load_transcriber(settings.models, settings.voice, vocabulary=vocabulary),
             PhoneSpeech(load_synthesizer(settings.models)),
             load_vad(settings.models),
         )

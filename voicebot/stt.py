@@ -8,6 +8,18 @@ by five espeak-ng and flite voices at 8 kHz with line noise: word error rate 0.1
 full 30 s. Windows just longer than the audio break recognition, hence the floor with its margin. Turns longer
 than 15 s use the full path.
 
+A KB's own words can be given as `SttOptions.vocabulary`: `voicebot.vocabulary.kb_vocabulary` writes them as the
+opening of a call to the company that names its brands, products and acronyms, and Whisper reads that as the
+text said before the turn (its "previous text" prompt, as faster-whisper's `hotwords`). Measured on the 302
+caller lines of six businesses' KBs (tests/data/kbs/*.cases.json) spoken by six espeak-ng and flite voices at
+8 kHz with line noise, each KB's own vocabulary against none: word error rate 0.302 -> 0.254, better on every
+KB, and 0.433 -> 0.261 on the lines that name one of the KB's terms ("do you take delta dental": "Delta
+Control" -> "Delta Dental"); 152 instead of 131 of the 179 questions end in "?", which ends a turn sooner. On
+the sample calls (13 turns) 8 of 113 words are wrong either way. The same names as a bare list did harm
+(0.363): Whisper wrote callers' words in Title Case, heard "Canada" in "can I", and looped. The 35-55 prompt
+tokens cost about 30 ms a turn (541 -> 569 ms median on two busy cores). A decode that loops anyway (the text
+compresses over 2.4 to 1) is redone without the vocabulary.
+
 Whisper is known to "hear" stock phrases in silence and noise ("Thanks for watching!"). A transcript is
 dropped when the model itself says it is probably not speech, when it is one of those phrases, or when the
 audio is too quiet to hold speech at all.
@@ -16,14 +28,21 @@ audio is too quiet to hold speech at all.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from voicebot.config import ModelSettings, VoiceSettings
 from voicebot.model_paths import model_path
 
+if TYPE_CHECKING:
+    import ctranslate2
+
 SAMPLE_RATE = 16_000
+MAX_NEW_TOKENS = 156  # a short turn's transcript is far shorter; the cap only stops a runaway repetition loop
+MAX_VOCABULARY_TOKENS = 223  # Whisper's limit for previous text: half its 448-token context, less one
 SILENCE_PHRASES = frozenset(
     {
         "",
@@ -51,6 +70,7 @@ class SttOptions:
     logprob_threshold: float = -1.0
     min_rms: float = 0.003  # float audio in [-1, 1]; quieter than this is line noise, not a caller
     short_window_frames: int = 800  # encoder window for short turns (10 ms frames); 3000 = Whisper's full 30 s
+    vocabulary: str | None = None  # names and terms to bias recognition toward (`kb_vocabulary`), or none
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,13 @@ class Transcript:
     @property
     def usable(self) -> bool:
         return self.rejected is None and bool(self.text)
+
+
+def _looping(text: str) -> bool:
+    """Whisper's own test for a decode stuck repeating itself ("Internet, Internet, Internet, ..."): the text
+    compresses more than 2.4 to 1 (faster-whisper's `compression_ratio_threshold`)."""
+    data = text.encode("utf-8")
+    return len(data) > 2.4 * len(zlib.compress(data))
 
 
 def _normalise(text: str) -> str:
@@ -84,7 +111,21 @@ class WhisperTranscriber:
             task="transcribe",
             language=self.options.language,
         )
-        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._plain_prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._prompt = [*self._vocabulary_tokens(), *self._plain_prompt]
+
+    def _vocabulary_tokens(self) -> list[int]:
+        """`<|startofprev|>` and the vocabulary, as faster-whisper prompts `hotwords`; nothing without one."""
+        vocabulary = (self.options.vocabulary or "").strip()
+        if not vocabulary:
+            return []
+        tokens = self._tokenizer.encode(" " + vocabulary)
+        if len(tokens) > MAX_VOCABULARY_TOKENS:
+            raise ValueError(
+                f"the STT vocabulary is {len(tokens)} tokens, Whisper takes at most {MAX_VOCABULARY_TOKENS}: "
+                f"shorten it (kb_vocabulary's max_chars): {vocabulary[:80]!r}..."
+            )
+        return [self._tokenizer.sot_prev, *tokens]
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Transcribe 16 kHz mono float32 audio in [-1, 1]."""
@@ -114,11 +155,18 @@ class WhisperTranscriber:
         padded = np.zeros((features.shape[0], window), dtype=np.float32)
         padded[:, : features.shape[1]] = features[:, :window]
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
+        text, no_speech, logprob = self._decode(encoded, self._prompt)
+        if len(self._prompt) > len(self._plain_prompt) and _looping(text):
+            text, no_speech, logprob = self._decode(encoded, self._plain_prompt)  # the vocabulary set it off
+        return text, no_speech, logprob
+
+    def _decode(self, encoded: ctranslate2.StorageView, prompt: list[int]) -> tuple[str, float, float]:
+        """Greedy decoding of an encoded window after `prompt`."""
         result = self._model.model.generate(
             encoded,
-            [self._prompt],
+            [prompt],
             beam_size=self.options.beam_size,
-            max_length=160,
+            max_length=len(prompt) + MAX_NEW_TOKENS,  # CTranslate2 counts the prompt in
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -136,6 +184,7 @@ class WhisperTranscriber:
             without_timestamps=True,
             vad_filter=False,
             temperature=0.0,
+            hotwords=self.options.vocabulary or None,
         )
         segments = list(segments)
         text = " ".join(s.text.strip() for s in segments).strip()
@@ -144,7 +193,9 @@ class WhisperTranscriber:
         return text, no_speech, logprob
 
 
-def load_transcriber(models: ModelSettings, voice: VoiceSettings) -> WhisperTranscriber:
-    return WhisperTranscriber(
-        model_path(models, "stt"), threads=models.threads, options=SttOptions(language=voice.language)
-    )
+def load_transcriber(
+    models: ModelSettings, voice: VoiceSettings, *, vocabulary: str | None = None
+) -> WhisperTranscriber:
+    """The configured Whisper model; `vocabulary` (`kb_vocabulary` of the KB) biases it toward the KB's names."""
+    options = SttOptions(language=voice.language, vocabulary=vocabulary)
+    return WhisperTranscriber(model_path(models, "stt"), threads=models.threads, options=options)

@@ -23,6 +23,7 @@ from voicebot.tts import split_sentences
 TABLE = json.loads((Path(__file__).parent / "data" / "grounding_cases.json").read_text(encoding="utf-8"))["cases"]
 INVENTED = [case for case in TABLE if case["verdict"] == "refuse"]
 FAITHFUL = [case for case in TABLE if case["verdict"] == "ok"]
+REAL = [case for case in TABLE if case["why"].startswith("real model output")]  # the embedded model's own sentences
 MODEL_FAILURES = {
     "Yes, we ship to Canada.",
     "Shipping to Spain is 10 euros.",
@@ -55,6 +56,7 @@ def test_the_table_spans_businesses_and_holds_the_models_real_failures() -> None
     assert {case["verdict"] for case in TABLE} == {"ok", "refuse"}
     assert all(case["why"] and case["question"] and case["reply"] for case in TABLE)
     assert sum(not case["facts"] for case in TABLE) >= 10  # replies written with no facts
+    assert len(REAL) >= 30 and {case["verdict"] for case in REAL} == {"ok", "refuse"}
 
 
 def test_every_invented_fact_is_refused() -> None:
@@ -195,6 +197,32 @@ def test_each_reason_names_what_is_wrong() -> None:
     assert days.reason is Reason.CONTRADICTION
     fee = check_sentence("Delivery is free.", ["Delivery costs 5 dollars. Returns are free."], "is delivery free")
     assert fee.reason is Reason.CONTRADICTION
+
+
+def test_a_claim_may_repeat_the_callers_words_only_about_what_the_facts_say() -> None:
+    where = ["We're at 240 Maple Street, on the second floor."]
+    said = "The address of your office is 240 Maple Street."
+    assert check_sentence(said, where, "what's the address of your office") == ACCEPTED
+    price = ["In-office whitening costs 350 dollars."]
+    assert (
+        check_sentence("An implant costs 350 dollars.", price, "how much is an implant").reason
+        is Reason.UNSUPPORTED_CLAIM
+    )
+    parking = ["There's free parking behind the building."]
+    covered = check_sentence("Yes, the parking is covered.", parking, "is the parking covered")
+    assert covered.reason is Reason.UNSUPPORTED_CLAIM  # what a yes is asked about must be in the facts
+    flights = ["Online check-in closes 45 minutes before domestic flights."]
+    other = check_sentence(
+        "It closes 45 minutes before international flights.", flights, "when does it close for international flights"
+    )
+    assert other.reason is Reason.UNSUPPORTED_CLAIM  # the caller's word in place of the facts' own
+
+
+def test_a_general_word_in_the_facts_holds_a_particular_one_but_not_its_sibling() -> None:
+    facts = ["Dr. Patel sees children from age 2."]
+    assert check_sentence("Yes, we see girls from age 2.", facts, "my girl is four, can she come") == ACCEPTED
+    girls = ["Dr. Patel sees girls from age 2."]
+    assert check_sentence("Yes, we see boys from age 2.", girls, "do you see boys").reason is Reason.UNSUPPORTED_CLAIM
 
 
 def test_a_verdict_is_a_frozen_value_and_its_reason_reads_as_text() -> None:

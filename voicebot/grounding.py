@@ -10,9 +10,13 @@ it was given) or the caller's own words hold:
   compared by value, so "$4.99" matches "4 dollars 99", "9 am" matches "9:00" and "twenty-four" matches "24";
 - names (capitalised words, acronyms, months, days) must appear in the facts or in the caller's words;
 - a claim (a clause that states something, rather than declining, offering a ticket or a colleague, greeting,
-  thanking, restating the caller or asking back) must be about what the facts say: a word or number that only
-  the caller said ("Yes, we accept Bitcoin." to "do you take bitcoin") makes it an unsupported claim, and so do
-  a yes/no answer about something the facts never mention and an "all"/"every" the facts don't say;
+  thanking, restating the caller or asking back) must be about what the facts say. It may repeat the caller's
+  words about what it tells from the facts ("The address of your office is 240 Maple Street."), but a name or a
+  number only the caller said, what a yes or a no is asked about ("Yes, we accept Bitcoin." to "do you take
+  bitcoin"), a claim with nothing of the facts but a number ("An implant costs 350 dollars."), or a word in place
+  of the facts' own ("international flights" for "domestic flights") makes it an unsupported claim; so do a
+  yes/no answer about something the facts never mention (a general word holds a particular one: "children"
+  holds "my girl") or that they deny for some of it, and an "all"/"every" the facts don't say;
 - a claim or a yes/no answer must not contradict the fact about the same thing: negation (no, not, never,
   closed, non-), cost (free against a price) and days of the week are compared with that fact.
 
@@ -26,9 +30,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import pairwise
 from typing import NamedTuple
 
 
@@ -65,15 +70,15 @@ def _pairs(pairs: str) -> dict[str, str]:
 # ---------------------------------------------------------------- word lists (plain English, any business)
 
 _STOP = _set(
-    """a an the and or but if then than so because as at by for from in into of off on onto out over to up with
-    within about above across after against along among around before behind below beneath beside besides between
-    beyond down during inside near outside past since through throughout till toward towards under until upon via
-    per plus also too just only even still already yet again ever soon here there where when why how what which who
-    whom whose whatever whenever wherever while whether this that these those it its itself i me my mine myself you
-    your yours yourself yourselves we us our ours ourselves he him his she her hers they them their theirs be am is
-    are was were been being have has had having do does did done doing will would shall should can could may might
-    must let lets get gets got getting such own same other others another each either both some few many much more
-    most less least lot lots very one ones otherwise"""
+    """a an the and or but if then than so because as at by for from in into of off on onto out over to up with within
+    about above across after against along among around before behind below beneath beside besides between beyond down
+    during inside near outside past since through throughout till toward towards under until upon via per plus also too
+    instead anymore bit just only even still already yet again ever soon here there where when why how what which who
+    whom whose whatever whenever wherever while whether this that these those it its itself i me my mine myself you your
+    yours yourself yourselves we us our ours ourselves he him his she her hers they them their theirs be am is are was
+    were been being have has had having do does did done doing will would shall should can could may might must let lets
+    get gets got getting such own same other others another each either both some few many much more most less least lot
+    lots very one ones otherwise"""
 )
 # Polite framing and the words of declining, offering and asking back: what a reply without facts may consist of.
 _FRAMING = _set(
@@ -86,20 +91,21 @@ _FRAMING = _set(
 )
 # Common words a faithful rewording brings in without inventing anything: exempt from needing support.
 _COMMON = _set(
-    """need needs needed want wants like likes make makes made take takes took taken give gives gave given go goes
-    went gone going come comes came coming keep keeps kept put puts say says said tell tells told ask asks asked
-    call calls called contact reach try tries tried use uses used using find finds found show shows showed shown
-    mean means choose chooses chose chosen pick picks picked stay start starts started begin begins end ends finish
-    work works worked working receive receives received send sends sent buy buys bought purchase purchases sell
-    sells sold offer offers offered provide provides provided accept accepts accepted allow allows allowed include
-    includes included including apply applies applied require requires required recommend recommends notice leave
-    leaves leaving available availability possible usually normally typically generally currently also then next
-    same new time times minute minutes hour hours day days week weeks month months year years morning afternoon
-    evening night nights number account accounts order orders customer customers client clients people person team
-    staff colleague colleagues agent agents service services support line ticket request issue case matter option
-    options process step steps answer cost costs costing fee fees price prices priced pay pays paying paid payable
-    charge charges charged charging rate rates dollar dollars euro euros pound pounds cent cents percent am pm noon
-    midnight all every always any anytime anything everything everywhere everyone anyone everybody anybody"""
+    """need needs needed want wants like likes make makes made take takes took taken give gives gave given go goes went
+    gone going come comes came coming keep keeps kept put puts say says said tell tells told ask asks asked call calls
+    called contact reach try tries tried use uses used using find finds found show shows showed shown mean means choose
+    chooses chose chosen pick picks picked stay start starts started begin begins end ends finish work works worked
+    working set sets setting drop drops dropped receive receives received send sends sent buy buys bought purchase
+    purchases sell sells sold offer offers offered provide provides provided accept accepts accepted allow allows
+    allowed include includes included including apply applies applied require requires required recommend recommends
+    notice leave leaves leaving available availability possible usually normally typically generally currently also then
+    next same new time times minute minutes hour hours day days week weeks month months year years morning afternoon
+    evening night nights number account accounts order orders customer customers client clients people person team staff
+    colleague colleagues agent agents service services support line ticket request issue case matter option options
+    process step steps address location place office answer cost costs costing fee fees price prices priced pay pays
+    paying paid payable charge charges charged charging rate rates dollar dollars euro euros pound pounds cent cents
+    percent am pm noon midnight all every always any anytime anything everything everywhere everyone anyone everybody
+    anybody"""
 )
 _GENERIC = _STOP | _FRAMING | _COMMON
 _NEGATIONS = _set("not no never none nothing nobody nowhere neither nor without cannot non closed unavailable")
@@ -119,6 +125,9 @@ _WEAK_YES = _set("sure absolutely certainly definitely indeed")
 _SUBJECTS = _set("we i it they you that there this")
 _AUXILIARIES = _set("do does did is are was were can could will would shall should may might have has had am must")
 _QUESTION_START = _AUXILIARIES | _set("what when where which who how why")
+_FILLERS = _set("hi hello hey um uh so and oh well ok okay yes yeah also")
+# A question with one of these is about something said before it: "my daughter is four, can she come".
+_POINTING_BACK = _set("it she he they them her him this that these those one")
 _CLAUSE_WORDS = _set("but however although though whereas otherwise except unless")
 # Plain-English synonyms: a word is supported when the facts hold any word of its group.
 _SYNONYM_GROUPS = (
@@ -143,12 +152,17 @@ _SYNONYM_GROUPS = (
     "installment instalment payment",
     "book reserve appointment reservation",
     "wifi wireless",
+    "photo picture image",
+    "bag luggage suitcase baggage",
+    "phone mobile cellphone smartphone",
     "abroad overseas international foreign",
     "doctor dr physician",
     "free complimentary waive",
     "begin start",
     "finish end",
 )
+# A word is also supported by the facts' more general word, not by its siblings: "girl" by "children", not "boys".
+_KIND_OF = _pairs("son:child daughter:child boy:child girl:child baby:child toddler:child teenager:child")
 _IRREGULAR = _pairs(
     "sold:sell bought:buy paid:pay sent:send took:take taken:take made:make gave:give given:give got:get kept:keep "
     "left:leave held:hold told:tell found:find brought:bring spent:spend built:build lost:lose children:child "
@@ -576,7 +590,7 @@ _SUFFIX = re.compile(r"(?<=...)(?:ation|ing|ed|ly|ment|able)$")
 
 
 def _stem(word: str) -> str:
-    """A crude stem, enough to match "deliveries" with "delivery" and "cancelled" with "cancel"."""
+    """A crude stem, enough to match "deliveries" with "delivery", "cancelled" with "cancel", "taking" with "take"."""
     word = _IRREGULAR.get(word, word)
     if len(word) > 3 and word[-1] == "s":
         if len(word) > 4 and word.endswith("ies"):
@@ -590,10 +604,13 @@ def _stem(word: str) -> str:
         word = word[: suffix.start()]
         if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "lsz":
             word = word[:-1]
-    return _IRREGULAR.get(word, word)
+    word = _IRREGULAR.get(word, word)
+    # "taking" and "take", "welcomed" and "welcome" meet at "tak" and "welcom"; "free" keeps its e
+    return word[:-1] if len(word) > 3 and word.endswith("e") and not word.endswith("ee") else word
 
 
 _GROUP_OF = {_stem(word): n for n, group in enumerate(_SYNONYM_GROUPS) for word in group.split(" ")}
+_KIND_OF_STEMS = {_stem(word): _stem(general) for word, general in _KIND_OF.items()}
 _GENERIC_STEMS = frozenset(map(_stem, _GENERIC))
 _COST_STEMS = frozenset(map(_stem, _COST | _CHARGE | _FREE))
 _COST_TOPIC = "<cost>"  # a question's topic when it asks what something costs
@@ -651,6 +668,8 @@ class _Vocabulary:
     def holds(self, stem: str) -> bool:
         if stem in self.stems or _GROUP_OF.get(stem, -1) in self.groups:
             return True
+        if stem in _KIND_OF_STEMS and self.holds(_KIND_OF_STEMS[stem]):
+            return True
         for other in self.by_prefix.get(stem[:4], ()) if len(stem) >= 4 else ():
             short, long = sorted((stem, other), key=len)
             if long.startswith(short) and len(long) - len(short) <= 3:
@@ -680,16 +699,22 @@ class _Clause:
     ends_question: bool  # the clause ends with "?"
     in_question: bool = False  # its sentence ends with "?"
 
-    def topic(self) -> set[str]:
+    def topic(self, names: Collection[str] = ()) -> set[str]:
         """The stems that say what the clause is about, a hyphenated word ("call-out", "Wi-Fi") as one; cost
-        words are compared as `free` instead."""
-        stems = {w.stem for w in self.words if w.salient and not w.joined and w.stem not in _COST_STEMS}
+        words are compared as `free` instead. A common word the facts write as a name (`names`: "Everyday
+        Checking") says what the clause is about too."""
+        stems = {
+            w.stem
+            for w in self.words
+            if (w.salient or (w.stem in names and w.base not in _STOP)) and not w.joined and w.stem not in _COST_STEMS
+        }
         return stems | {w.joined for w in self.words if w.joined and w.joined not in _GENERIC_STEMS}
 
     def held_stems(self) -> set[str]:
-        """What a fact's clause holds: its topic, the parts of its hyphenated words, and its cost words."""
+        """What a fact's clause holds: its topic (its own names included), the parts of its hyphenated words,
+        and its cost words."""
         parts = {w.stem for w in self.words if w.salient and w.joined and w.stem not in _COST_STEMS}
-        return self.topic() | parts | self.cost_words()
+        return self.topic({w.stem for w in self.words if w.capital}) | parts | self.cost_words()
 
     def cost_words(self) -> set[str]:
         return {w.stem for w in self.words if w.stem in _COST_STEMS}
@@ -900,12 +925,18 @@ class _Source:
     texts: list[_Text]
     vocabulary: _Vocabulary
     readings: list[frozenset[_Reading]]
+    modifiers: dict[str, set[str]]  # stem: the stems of the salient words written just before it ("domestic")
 
     @classmethod
     def of(cls, texts: Iterable[str]) -> _Source:
         analysed = [_analyse(t) for t in texts if t.strip()]
         vocabulary = _Vocabulary()
+        modifiers: dict[str, set[str]] = {}
         for text in analysed:
+            for clause in text.clauses:
+                for before, word in pairwise(clause.words):
+                    if before.salient and word.salient:
+                        modifiers.setdefault(word.stem, set()).add(before.stem)
             for word in text.words:
                 vocabulary.add(word.stem)
                 if word.joined:
@@ -914,7 +945,7 @@ class _Source:
                     vocabulary.names.add(word.stem)
             vocabulary.initials |= _initials(text.toks)
         readings = [q.readings for text in analysed for q in text.quantities]
-        return cls(analysed, vocabulary, readings + _ordinal_words(vocabulary.stems))
+        return cls(analysed, vocabulary, readings + _ordinal_words(vocabulary.stems), modifiers)
 
     def holds_quantity(self, quantity: _Quantity) -> bool:
         return _holds(self.readings, quantity)
@@ -985,6 +1016,9 @@ def _units(source: _Source) -> list[_Unit]:
                 )
                 for c in sentence
             ]
+            for k in range(1, len(parts)):  # "We offer aligners, starting at 3,500 dollars": the price is theirs
+                if not sentence[k].topic():
+                    parts[k - 1].readings += parts[k].readings
             units += parts
             fact_parts += parts
             if len(parts) > 1:
@@ -1084,14 +1118,26 @@ def _answer(clause: _Clause) -> bool | None:
     return None
 
 
+def _asks(clause: _Clause) -> bool:
+    """The clause is a question a yes or a no answers ("so can I pay by card", "I wonder if it's free")."""
+    lows = [w for w in clause.lows if w not in _FILLERS]
+    return bool(lows and _base(lows[0])[0] in _AUXILIARIES) or any(w in ("if", "whether") for w in clause.lows)
+
+
 def _yes_no_question(text: _Text) -> bool:
     """The caller asked something a yes or a no answers ("do you take cards", "I wonder if it's free")."""
-    fillers = _set("hi hello hey um uh so and oh well ok okay yes yeah also")
-    for clause in text.clauses:
-        lows = [w for w in clause.lows if w not in fillers]
-        if lows and _base(lows[0])[0] in _AUXILIARIES:
-            return True
-    return any(w in ("if", "whether") for clause in text.clauses for w in clause.lows)
+    return any(map(_asks, text.clauses))
+
+
+def _asked_topic(said: list[_Clause], names: Collection[str]) -> tuple[set[str], set[str]]:
+    """What a yes or a no answers: the stems of the question's own clauses, and those of what the caller said
+    around it when the question needs them ("my girl is four, can she come"), else none ("I'm switching
+    dentists, can you send my x-rays")."""
+    questions = [c for c in said if _asks(c)] or said
+    asked = set().union(*(c.topic(names) for c in questions))
+    pointing = any(low in _POINTING_BACK for c in questions for low in c.lows)
+    context = set().union(*(c.topic(names) for c in said)) - asked if pointing or not asked else set()
+    return asked, context
 
 
 # ---------------------------------------------------------------- the checks
@@ -1241,14 +1287,18 @@ def _check_answer(said: _Text, grounds: Grounds) -> Verdict:
         return ACCEPTED
     clauses = said.sentences[0]
     answer = next((a for a in map(_answer, clauses) if a is not None), None)
-    rest = [c for c in clauses if _answer(c) is None and (c.topic() or c.quantities or c.days or c.free is not None)]
+    names = grounds.facts.vocabulary.names
+    rest = [
+        c for c in clauses if _answer(c) is None and (c.topic(names) or c.quantities or c.days or c.free is not None)
+    ]
     if answer is None and len(clauses) == 1 and not rest:  # "Sure!" or "Of course." alone is a yes
         lows = clauses[0].lows
         answer = True if (len(lows) == 1 and lows[0] in _WEAK_YES) or lows == ["of", "course"] else None
     if answer is None:
         return ACCEPTED
     asked = caller.clauses
-    stems = set().union(*(c.topic() for c in asked))
+    question, context = _asked_topic(asked, names)
+    stems = question | context
     negated = any(c.negated for c in asked)
     frees = {c.free for c in asked} - {None}
     free = frees.pop() if len(frees) == 1 else None
@@ -1257,12 +1307,14 @@ def _check_answer(said: _Text, grounds: Grounds) -> Verdict:
     days = [(d, neg != (not answer)) for c in asked for d, neg in c.days]
     if days:  # a question about days: the facts' days answer it
         return _judge_days(days, stems, grounds, "the answer")
-    topic = {stem: grounds.facts.vocabulary.holds(stem) for stem in stems}
+    topic = {stem: grounds.facts.vocabulary.holds(stem) for stem in question}
     if any(low in _COST_QUESTION for c in asked for low in c.lows):
         topic[_COST_TOPIC] = any(u.free is not None for u in grounds.units)
+    around = [grounds.facts.vocabulary.holds(stem) for stem in context]
     held = sum(topic.values())
-    if held < len(topic) if not rest else held * 2 < len(topic):  # a bare yes needs all of it, else half
-        missing = " ".join(sorted(s for s, h in topic.items() if not h))
+    # A bare yes needs all it is asked about, a yes that says more half of it; either needs half its setting.
+    if (held < len(topic) if not rest else held * 2 < len(topic)) or sum(around) * 2 < len(around):
+        missing = " ".join(sorted(s for s in stems | set(topic) if not grounds.facts.vocabulary.holds(s)))
         return Verdict(False, Reason.UNSUPPORTED_CLAIM, f"a yes/no about '{missing}', which the facts never mention")
     quantities = [q for c in asked for q in c.quantities]
     for quantity in quantities if answer and not rest else ():
@@ -1273,10 +1325,14 @@ def _check_answer(said: _Text, grounds: Grounds) -> Verdict:
     matches = grounds.best_units(stems, 0.5, cost=free is not None)
     matches = matches or grounds.best_units(stems | cost_words, 0.5, cost=free is not None)
     matches = [(u, f) for u, f in matches if all(u.holds(q) for q in quantities)]  # else it hinges on a number
+    if answer and held < len(topic) and any(_contradicts(negated, free, u, f) for u, f in matches):
+        # "can you deliver my oxycodone" with "we deliver prescriptions" and "we don't deliver controlled
+        # medicines": the facts say no to some of it, and which the asked thing is they don't say
+        return Verdict(False, Reason.UNSUPPORTED_CLAIM, "the facts answer no for some of what is asked")
     for clause in rest:
-        answered_from = grounds.best_units(clause.topic(), 1.0, cost=clause.free is not None)
+        answered_from = grounds.best_units(clause.topic(names), 1.0, cost=clause.free is not None)
         if (
-            clause.topic()
+            clause.topic(names)
             and answered_from
             and {u.sentence for u, _ in answered_from} <= {u.sentence for u, _ in matches}
         ):
@@ -1284,6 +1340,37 @@ def _check_answer(said: _Text, grounds: Grounds) -> Verdict:
     if matches and all(_contradicts(negated, free, unit, flipped) for unit, flipped in matches):
         return Verdict(False, Reason.CONTRADICTION, f"'{'yes' if answer else 'no'}' contradicts the facts")
     return ACCEPTED
+
+
+def _restates(clause: _Clause, callers: list[_Word], stems: set[str], grounds: Grounds) -> bool:
+    """A claim may repeat the caller's words (`callers`) about what it tells from the facts: "The address of your
+    office is 240 Maple Street." to "what's the address of your office". Not a name, not what a yes or a no is
+    asked about ("is the pool heated": "heated"), and the facts' part of the claim (`stems`, its numbers) must
+    outweigh the caller's. Nor a word in place of the facts' own ("international flights" where the facts say
+    "domestic flights")."""
+    if any(w.capital or w.acronym for w in callers) or not stems:
+        return False
+    for before, word in pairwise(clause.words):
+        if before in callers and word.salient and grounds.facts.modifiers.get(word.stem, set()) - {before.stem}:
+            return False
+    caller = grounds.caller.texts[0]
+    if _yes_no_question(caller):
+        asked = _Vocabulary()
+        for stem in _asked_topic(caller.clauses, grounds.facts.vocabulary.names)[0]:
+            asked.add(stem)
+        if any(asked.holds(w.stem) or (w.joined and asked.holds(w.joined)) for w in callers):
+            return False
+    held = len(stems) + sum(map(grounds.facts.holds_quantity, clause.quantities))
+    return held >= len(callers)
+
+
+def _restates_days(clause: _Clause, grounds: Grounds) -> bool:
+    """ "We open at 3 pm on Friday." to "what time can we come on friday" when the facts name no days: the
+    caller's own day, not a yes or a no about it."""
+    caller = grounds.caller.texts[0]
+    said = {day for c in caller.clauses for day in c.days}
+    fact_days = any(unit.days for unit in grounds.units)
+    return not fact_days and not _yes_no_question(caller) and set(clause.days) <= said
 
 
 def _judge_days(days: list[tuple[int, bool]], stems: set[str], grounds: Grounds, what: str) -> Verdict:
@@ -1306,15 +1393,18 @@ def _check_claims(said: _Text, grounds: Grounds) -> Verdict:
     for clause in said.clauses:
         if _act(clause) != "state":
             continue
-        for word in clause.words:
-            if word.salient and not grounds.facts.holds_word(word):
-                where = "only the caller said" if grounds.caller.holds_word(word) else "is not in the facts"
-                return Verdict(False, Reason.UNSUPPORTED_CLAIM, f"'{word.base}' {where}")
+        unheld = [w for w in clause.words if w.salient and not grounds.facts.holds_word(w)]
+        for word in unheld:
+            if not grounds.caller.holds_word(word):
+                return Verdict(False, Reason.UNSUPPORTED_CLAIM, f"'{word.base}' is not in the facts")
+        stems = clause.topic(grounds.facts.vocabulary.names) - {s for w in unheld for s in (w.stem, w.joined)}
+        if unheld and not _restates(clause, unheld, stems, grounds):
+            return Verdict(False, Reason.UNSUPPORTED_CLAIM, f"'{unheld[0].base}' only the caller said")
+        condition = bool(clause.lows) and clause.lows[0] == "if" and not unheld  # "if your account goes below zero"
         for quantity in clause.quantities:
-            if not grounds.facts.holds_quantity(quantity):
+            if not (grounds.facts.holds_quantity(quantity) or (condition and grounds.caller.holds_quantity(quantity))):
                 return Verdict(False, Reason.UNSUPPORTED_CLAIM, f"'{quantity.text}': only the caller said it")
-        stems = clause.topic()
-        if clause.days:
+        if clause.days and not _restates_days(clause, grounds):
             verdict = _judge_days(clause.days, stems, grounds, f"'{clause.text}'")
             if not verdict.ok:
                 return verdict
@@ -1327,7 +1417,8 @@ def _check_claims(said: _Text, grounds: Grounds) -> Verdict:
         universal = any(w.base in _UNIVERSAL for w in clause.words)
         if universal and not any(unit.sentence_lows & _UNIVERSAL for unit, _ in matches):
             return Verdict(False, Reason.UNSUPPORTED_CLAIM, f"'{clause.text}' generalises what the facts say")
-        about = [u for u in grounds.units if u.level == 0 and _overlap(dict.fromkeys(stems, 1), u)[0] == len(stems)]
+        plain = clause.topic() & stems  # what the clause is about in its own words: "your order", not "My Orders"
+        about = [u for u in grounds.units if u.level == 0 and _overlap(dict.fromkeys(plain, 1), u)[0] == len(plain)]
         for quantity in clause.quantities:
             if about and not any(u.holds(quantity) for u in about):
                 return Verdict(False, Reason.UNSUPPORTED_CLAIM, f"'{quantity.text}' is said of another thing")

@@ -163,4 +163,4 @@ def test_llm_classifier_accuracy_and_cost(classifier: IntentClassifier) -> None:
     report = {str(kind): f"{sum(ok)}/{len(ok)}" for kind, ok in hits.items()}
     print(f"\nLLM intent classifier on statements: {report}; median {statistics.median(times):.0f} ms")
     assert sum(hits[Kind.TICKET]) >= len(hits[Kind.TICKET]) - 1
-    assert sum(hits[Kind.OTHER]) >= len(hits[Kind.OTHER]) - 1  # false labels here are gated by the router (statements only)
+    assert sum(hits[Kind.OTHER]) >= len(hits[Kind.OTHER]) - 1  # false labels are gated by the router

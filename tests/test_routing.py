@@ -61,7 +61,10 @@ def test_the_kb_and_an_intent_are_weighed_together_below_the_direct_band() -> No
     assert decide(words).needs_label
     decision = decide(words, Kind.OTHER)
     assert (decision.route, decision.entry_id) == (Route.LLM, "emergency")
-    assert decide(words, Kind.TICKET).route is Route.TICKET
+    # Labelled a problem, it is still a need the KB answers; a grievance about it is a ticket.
+    assert decide(words, Kind.TICKET).route is Route.LLM
+    grievance = turn("the crown still hurts and nobody called me back", [hit(EMERGENCY, 0.6)], ticket=0.4)
+    assert decide(grievance, Kind.TICKET).route is Route.TICKET
 
 
 @pytest.mark.parametrize("text", ["when will I see you next", "can I say goodbye to my old plan?"])

@@ -67,7 +67,7 @@ class VoiceAgent:
     @classmethod
     def load(cls, settings: Settings, dialog: DialogEngine) -> VoiceAgent:
         """Load STT, TTS and VAD next to an already built dialog engine."""
-        vocabulary = kb_vocabulary(dialog.index.entries, dialog.company.name)  # the KB's names, heard right
+        vocabulary = kb_vocabulary(dialog.index.entries, dialog.company.name) if settings.voice.stt_vocabulary else None
         return cls(
             settings,
             dialog,

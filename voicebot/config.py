@@ -80,6 +80,10 @@ class VoiceSettings:
     vad_question_end_ms: int = 300
     # Barge-in: caller speech interrupts the bot once it has lasted barge_in_ms, unless it began within
     # barge_in_guard_ms of the bot starting to talk. dtmf_map maps keypad digits to meanings ("0=human").
+    # Prompt Whisper with the KB's names (company, brands, plans) written as a call's opening. Off by default:
+    # on six businesses' caller lines it cut WER from 0.302 to 0.254, but it turned a sample call's "mm-hm" into
+    # a word ("Emin.") that then took a turn; turn it on where brand names matter more than that risk.
+    stt_vocabulary: bool = False
     barge_in_ms: int = 250
     barge_in_guard_ms: int = 300
     dtmf_map: str = "0=human"

@@ -93,6 +93,22 @@ FRUSTRATION = _words(
     r"\b(?:fed up|sick of this|so frustrat\w*|this is frustrat\w*)\b",
     r"\b(?:damn|damned|crap|shit\w*|fuck\w*|bloody)\b",
 )
+# The business let the caller down, in words any trade uses: "you charged me", "still hasn't arrived", "nobody
+# called back", "keeps dropping", "sent the wrong one". A problem the KB covers becomes a ticket only with these.
+GRIEVANCE = _words(
+    r"\byou (?:guys )?(?:charged|billed|took|sent|gave|told|said|promised|cancelled|lost|broke|damaged|forgot)\b",
+    r"\bstill (?:not|no|hasn'?t|haven'?t|isn'?t|aren'?t|can'?t|won'?t|doesn'?t|don'?t|didn'?t|waiting|broken)\b",
+    r"\b(?:nobody|no one|no-one|never) (?:called|came|came back|showed|turned up|arrived|answered|got back|replied)\b",
+    r"\bnobody\b",
+    r"\bkeeps? (?:\w+ing|breaking|failing|dropping|crashing)\b",
+    r"\b(?:that'?s|that is|this is|it'?s|it is|was) (?:just )?(?:wrong|not right|not fair|unacceptable)\b",
+    r"\bthe wrong \w+",
+    r"\b(?:twice|double|overcharged|again and again|every (?:single )?time)\b",
+    r"\b(?:complain\w*|refund|money back|compensat\w+)\b",
+    r"\b(?:rude|unhelpful|unprofessional|ignored (?:me|us)|hung up on (?:me|us))\b",
+    r"\b(?:\w+ )?(?:days?|weeks?|months?|hours?) late\b",
+    r"\b(?:never|still hasn'?t|hasn'?t|didn'?t|has not|did not) (?:arrived?|come|came|shown up|turned up)\b",
+)
 # A request to do something with the caller's own booking, account, order or plan: the state is "transaction".
 TRANSACTION = _words(
     r"\b(?:change|cancel|update|modify|track|return|exchange|swap|book|rebook|reschedule|move|upgrade|downgrade|"
@@ -124,7 +140,8 @@ SMALL_TALK = re.compile(
 # A short line that only makes sense with the topic before it: "how much is it?", "and on Saturdays?",
 # "what about the deluxe room?".
 CONTINUATION = _words(r"^\W*(?:and|also|so|then|plus|but)\b", r"^\W*(?:what|how) about\b")
-ANAPHORA = re.compile(r"\b(?:it|that|this|they|them|those|these|there|one|ones)\b", re.IGNORECASE)
+# "that" and "this" point back only at the end ("how much is that?"), not in "erase that my password".
+ANAPHORA = re.compile(r"\b(?:it|they|them|those|these|there|one|ones)\b|\b(?:that|this)\W*$", re.IGNORECASE)
 FOLLOW_UP_MAX_WORDS = 8
 
 
@@ -142,6 +159,7 @@ class Cues:
     follow_up: bool  # short and leaning on the previous topic
     refers_back: bool  # ... through a pronoun ("those", "it", "there"), not only "and ..."
     transaction: bool  # asks to change, cancel, book ... something of the caller's
+    grievance: bool  # says the business let them down ("you charged me twice", "still hasn't come")
     words: int
 
 
@@ -177,6 +195,7 @@ def read_cues(text: str) -> Cues:
         follow_up=0 < words <= FOLLOW_UP_MAX_WORDS and bool(CONTINUATION.search(text) or ANAPHORA.search(text)),
         refers_back=0 < words <= FOLLOW_UP_MAX_WORDS and ANAPHORA.search(text) is not None,
         transaction=_found(TRANSACTION, text),
+        grievance=_found(GRIEVANCE, text),
         words=words,
     )
 
@@ -271,9 +290,11 @@ class IntentMatcher:
         self._kinds = [kind for kind, texts in examples.examples.items() for _ in texts]
         self._texts = [text for texts in examples.examples.values() for text in texts]
         self._vectors = embedder.encode(self._texts)
-        # A company's own ticket categories (names, as written in its KB file) are matched by their names;
-        # without them, the shipped generic categories by their examples.
-        named = {name: (name.replace("_", " "),) for name in categories or ()}
+        # A company's own ticket categories (names, as written in its KB file) are matched by their names, plus
+        # the shipped examples of a generic category of the same name; without them, the generic categories.
+        named = {
+            name: (name.replace("_", " "), *examples.categories.get(name.lower(), ())) for name in categories or ()
+        }
         chosen = named or dict(examples.categories)
         self.categories = list(chosen)
         self._category_of = [n for n, texts in enumerate(chosen.values()) for _ in texts]

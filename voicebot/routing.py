@@ -15,7 +15,8 @@
 5. otherwise the LLM answers from the closest entries (at or above `grounded`), and below that may only
    decline and offer a ticket or a colleague. A statement (not a question) goes to the LLM classifier first
    (`Decision.needs_label`): "the crown you fitted hurts and nobody called back" is close to the KB's entry
-   about emergencies, but the caller is reporting a problem, not asking what to do.
+   about emergencies, but the caller is reporting a problem, not asking what to do. The classifier's "person"
+   label never transfers on its own: the 0.5B model hears one in "I'd rather grab it in person".
 
 It calls no model and touches no database, so tests drive it with hand-made hits and scores.
 """
@@ -100,9 +101,9 @@ def decide(turn: Turn, label: Kind | None = None) -> Decision:
     if follow is not None:
         return follow
     if hits and kb >= limits.faq and kb - second >= limits.margin:
-        # A confident match is answered, unless the caller states a problem with it ("it still won't load, I
-        # cleared the cache") rather than asking: then the LLM classifier decides between a ticket and the answer.
-        if not cues.asks and _fires(turn, Kind.TICKET, 0.0):
+        # A confident match is answered, unless the caller says the business let them down over it ("you
+        # charged me the fee although I had the money"): then the LLM classifier decides, ticket or answer.
+        if not cues.asks and cues.grievance:
             if label is None:
                 return Decision(
                     Route.LLM, state, needs_label=True, frustrated=frustrated, why="a problem the KB is about"
@@ -115,10 +116,10 @@ def decide(turn: Turn, label: Kind | None = None) -> Decision:
         return _ticket(turn, "states a problem", frustrated)
     if label is None and not cues.asks and not cues.small_talk:
         return Decision(Route.LLM, state, needs_label=True, frustrated=frustrated, why="a statement: ask the LLM")
-    if label is Kind.TICKET and not cues.asks:
+    if label is Kind.TICKET and not cues.asks and (cues.grievance or kb < limits.grounded):
+        # A need the KB answers ("I lost my card", "it won't let me log in") gets the answer; a grievance, or a
+        # problem the KB knows nothing about, gets a ticket.
         return _ticket(turn, "the LLM heard a problem", frustrated)
-    if label is Kind.HUMAN and not cues.asks and kb < limits.grounded:
-        return _handoff(HandoffReason.REQUESTED, "the LLM heard a request for a person", frustrated=frustrated)
     if label is Kind.BYE and not cues.asks and cues.words <= BYE_MAX_WORDS:
         return Decision(Route.HANGUP, DialogState.CLOSING, frustrated=frustrated, why="the LLM heard a goodbye")
 

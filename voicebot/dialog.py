@@ -237,15 +237,7 @@ class Conversation:
         """A key the caller pressed, by meaning: "human" transfers the call, "repeat" says the last reply again."""
         pressed = f"[keypad: {meaning}]"
         if meaning == "human":
-            return self._fixed(
-                ReplyKind.DTMF,
-                Route.DTMF,
-                prompts.HANDOFF_LINES[HandoffReason.DTMF],
-                state=DialogState.HANDOFF,
-                caller_text=pressed,
-                action=CallAction.TRANSFER,
-                reason=HandoffReason.DTMF,
-            )
+            return self._transfer(ReplyKind.DTMF, Route.DTMF, HandoffReason.DTMF, pressed)
         if meaning == "repeat":
             line = self._last_reply or prompts.greeting(self.engine.company)
             return self._fixed(ReplyKind.DTMF, Route.DTMF, line, state=self.state, caller_text=pressed)
@@ -301,15 +293,7 @@ class Conversation:
         match decision.route:
             case Route.HANDOFF:
                 assert decision.reason is not None
-                reply = self._fixed(
-                    ReplyKind.TURN,
-                    Route.HANDOFF,
-                    prompts.HANDOFF_LINES[decision.reason],
-                    state=DialogState.HANDOFF,
-                    caller_text=text,
-                    action=CallAction.TRANSFER,
-                    reason=decision.reason,
-                )
+                reply = self._transfer(ReplyKind.TURN, Route.HANDOFF, decision.reason, text)
             case Route.HANGUP:
                 reply = self._fixed(
                     ReplyKind.TURN,
@@ -409,6 +393,19 @@ class Conversation:
         reply = Reply(kind, route, state, iter(()), caller_text=caller_text, action=action, reason=reason)
         reply.sentences = _handing_out(reply, prompts.split_sentences(text))
         return reply
+
+    def _transfer(self, kind: ReplyKind, route: Route, reason: HandoffReason, caller_text: str) -> Reply:
+        """The hand-off line; the call is transferred once it has been played."""
+        line = prompts.HANDOFF_LINES[reason]
+        return self._fixed(
+            kind,
+            route,
+            line,
+            state=DialogState.HANDOFF,
+            caller_text=caller_text,
+            action=CallAction.TRANSFER,
+            reason=reason,
+        )
 
     def _ticket(self, text: str, category: str, vector: np.ndarray) -> Reply:
         """Open a ticket for a new issue, or name the one this call already opened for the same issue."""

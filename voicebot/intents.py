@@ -97,6 +97,7 @@ FRUSTRATION = _words(
 # called back", "keeps dropping", "sent the wrong one". A problem the KB covers becomes a ticket only with these.
 GRIEVANCE = _words(
     r"\byou (?:guys )?(?:charged|billed|took|sent|gave|told|said|promised|cancelled|lost|broke|damaged|forgot)\b",
+    r"\b(?:got|was|were|been|being|get) (?:double[- ]?)?(?:charged|billed|overcharged)\b",
     r"\bstill (?:not|no|hasn'?t|haven'?t|isn'?t|aren'?t|can'?t|won'?t|doesn'?t|don'?t|didn'?t|waiting|broken)\b",
     r"\b(?:nobody|no one|no-one|never) (?:called|came|came back|showed|turned up|arrived|answered|got back|replied)\b",
     r"\bnobody\b",

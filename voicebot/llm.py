@@ -23,6 +23,11 @@ class Message:
     content: str
 
 
+# Sampling still picks among the likeliest tokens (temperature, top_p), but from a fixed seed: the same prompt
+# gets the same reply, so a call replayed, a `kb eval` run or a test gives the same result every time.
+SAMPLING_SEED = 7
+
+
 class LlamaChat:
     """Chat completion over a GGUF model with its own chat template."""
 
@@ -49,6 +54,7 @@ class LlamaChat:
                 max_tokens=max_tokens,
                 temperature=temperature,
                 top_p=0.9,
+                seed=SAMPLING_SEED,
                 stop=list(stop) or None,
                 stream=True,
             )

@@ -19,7 +19,6 @@ writer with its grounding checks, so a reply the checks refuse counts as the dec
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from voicebot import grounding
 from voicebot.dialog import Conversation, DialogEngine, Reply
+from voicebot.jsonfile import read_json
 from voicebot.kb import load_kb
 from voicebot.routes import Route
 
@@ -135,14 +135,7 @@ def load_cases(path: Path, kb: Path | None = None) -> tuple[Path, list[Case]]:
     """The knowledge base (`kb`, else the one the cases file names, relative to its folder) and the cases,
     validated against it: every `answer:<faq_id>` must name one of its entries."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CasesError(f"cases file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CasesError(f"cases file {path} cannot be read: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise CasesError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    data = read_json(path, "cases file", CasesError)
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise CasesError(f'{path}: expected an object {{"kb": "KB file", "cases": [...]}}')
     if kb is None:

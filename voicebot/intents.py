@@ -15,7 +15,6 @@ Three layers, cheapest first, none of them shaped after one company's trade:
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from voicebot.config import ModelSettings
+from voicebot.jsonfile import read_json
 from voicebot.llm import LlamaChat, Message
 from voicebot.prompts import INTENT_LABELS, classifier_prefix
 from voicebot.retrieval import TextEncoder
@@ -252,14 +252,7 @@ def load_intent_examples(extra: Path | None = None) -> IntentExamples:
 
 
 def _read_intents(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IntentError(f"intents file {path} does not exist; fix dialog.intents_path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise IntentError(f"intents file {path} cannot be read: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise IntentError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    data = read_json(path, "intents file", IntentError, "; fix dialog.intents_path")
     return _mapping(data, path, "the top level")
 
 

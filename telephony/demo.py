@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nmeasured at the caller's end: first bot audio {', '.join(f'{ms:.0f}' for ms in firsts)} ms after "
         f"each utterance ended; audio chunks {min(call.chunk_ms or [0]):.0f}-{max(call.chunk_ms or [0]):.0f} ms, "
-        f"at most {call.max_lead_ms:.0f} ms buffered ahead"
+        f"at most {call.lead_ms(1.0):.0f} ms buffered ahead"
     )
     print(f"what the caller heard: {heard}")
     print(f"server stopped with code {code} after SIGTERM")

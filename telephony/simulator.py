@@ -82,7 +82,7 @@ class SimulatedCall:
     heard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))  # 8 kHz int16
     latencies: list[UtteranceLatency] = field(default_factory=list)
     chunk_ms: list[float] = field(default_factory=list)  # duration of each media message received
-    max_lead_ms: float = 0.0  # most audio ever buffered ahead of playback when a chunk arrived
+    leads_ms: list[float] = field(default_factory=list)  # audio buffered ahead of playback as each chunk arrived
     max_late_ms: float = 0.0  # how far the simulator's own frame clock fell behind (a busy machine)
     marks_echoed: list[str] = field(default_factory=list)  # reached by playback, in order
     marks_cleared: list[str] = field(default_factory=list)  # returned by a clear
@@ -92,12 +92,20 @@ class SimulatedCall:
     closed_by_server: bool = False
     mark_echo_wall: list[float] = field(default_factory=list)  # time.time() of each echo, for ordering checks
 
+    def lead_ms(self, quantile: float) -> float:
+        """The lead at this quantile of the chunks received (1.0: the most ever buffered ahead)."""
+        if not self.leads_ms:
+            return 0.0
+        ordered = sorted(self.leads_ms)
+        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
+
     def summary(self) -> dict[str, object]:
         """The measurements as plain data (no audio)."""
         data = asdict(self)
         data.pop("heard")
         data["heard_s"] = round(self.heard.size / RATE, 2)
         data["chunk_ms"] = sorted(set(self.chunk_ms))
+        data["leads_ms"] = {"p95": self.lead_ms(0.95), "max": self.lead_ms(1.0)}
         return data
 
 
@@ -162,14 +170,18 @@ class _Phone:
         self.heard: list[np.ndarray] = []
 
     def now_ms(self) -> float:
-        """Call time now: the frame being played, and how far into it playback is."""
-        elapsed = (time.monotonic() - self.tick_wall) * 1000 * self.speed
-        return self.media_ms + min(float(FRAME_MS), elapsed)
+        """Call time now: the frame being played and how far playback is past its start. A phone plays in
+        real time, so when this thread is late to its next tick (a busy machine) the clock runs on."""
+        return self.media_ms + (time.monotonic() - self.tick_wall) * 1000 * self.speed
 
     def _unplayed_ms(self) -> float:
-        """Bot audio received but not yet heard, with the frame in progress played continuously."""
+        """Bot audio received but not yet heard, played continuously from the frame in progress; what a late
+        tick has not yet taken from the buffer counts as heard, as it would be on a real phone. Otherwise a
+        stalled simulator thread would charge the server's pacing with audio the caller had already heard."""
         into_frame = self.now_ms() - self.media_ms
-        return self.buffer.pending_samples / SAMPLES_PER_MS + max(0.0, self.frame_audio_ms - into_frame)
+        overdue = max(0.0, into_frame - FRAME_MS)
+        pending = max(0.0, self.buffer.pending_samples / SAMPLES_PER_MS - overdue)
+        return pending + max(0.0, self.frame_audio_ms - into_frame)
 
     async def receive(self) -> None:
         """Until the socket closes: play what arrives; a message Twilio would refuse raises ProtocolError."""
@@ -185,7 +197,7 @@ class _Phone:
                     self.reply_starts.append(round(self.now_ms(), 1))
                 self.buffer.add_audio(pcm)
                 self.result.chunk_ms.append(pcm.size / SAMPLES_PER_MS)
-                self.result.max_lead_ms = max(self.result.max_lead_ms, round(self._unplayed_ms(), 1))
+                self.result.leads_ms.append(round(self._unplayed_ms(), 1))
                 self.last_audio_ms = self.now_ms()
             elif isinstance(event, Mark):
                 self.buffer.add_mark(event.name)

@@ -402,3 +402,16 @@ def test_chat_piped_and_tickets_survive_a_restart(tmp_path: Path) -> None:
     record = json.loads(voicebot("calls", "show", call_id, "--db", str(db), "--json"))
     assert record["tickets"] == [ticket_id] and record["ended_at"]
     assert [(t["route"], t["faq_id"]) for t in record["turns"]] == [("faq", "returns"), ("ticket", None)]
+
+
+def test_a_withdrawn_reply_takes_back_the_ticket_it_opened(engine: DialogEngine) -> None:
+    conversation = call(engine)
+    fragment = conversation.respond("I want to make a complaint")
+    assert fragment.route == "ticket" and fragment.opened_ticket
+    list(fragment.sentences)
+    conversation.withdraw(fragment)  # the caller was still talking: nothing of this reply was heard
+    assert engine.store.tickets_for_call(conversation.call_id) == []
+    whole, spoken = say(conversation, "I want to make a complaint, the courier threw my parcel over the fence")
+    assert whole.route == "ticket" and whole.opened_ticket
+    (ticket,) = engine.store.tickets_for_call(conversation.call_id)
+    assert ticket.id == whole.ticket_id and "fence" in ticket.summary

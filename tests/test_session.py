@@ -33,6 +33,7 @@ from voicebot.session import (
     Transcribe,
     Transcribed,
     Transfer,
+    Withdraw,
     is_backchannel,
 )
 from voicebot.stt import Transcript
@@ -105,6 +106,15 @@ class Driver:
 
 def of(kind, actions):
     return [a for a in actions if isinstance(a, kind)]
+
+
+def take_turn(d: Driver, pcm: np.ndarray, text: str) -> Respond:
+    """The caller says `pcm`, heard as `text`, and stops: the turn is answered."""
+    out = d.audio(pcm) + d.silence(250)
+    out += d.answer_transcribe(out, text)
+    out += d.silence(300)
+    (respond,) = of(Respond, out)
+    return respond
 
 
 def greet(d: Driver) -> int:
@@ -273,3 +283,87 @@ def test_job_ids_are_unique_per_session(vad):
     ids = itertools.chain([greet(d)], (a.job for a in d.send(DtmfIn("0", d.t)) if isinstance(a, Respond)))
     ids = list(ids)
     assert len(ids) == len(set(ids)) == 2
+
+
+def test_words_that_stop_mid_sentence_wait_longer_and_going_on_keeps_one_turn(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    out = d.audio(utterance) + d.silence(250)
+    out += d.answer_transcribe(out, "You charged me twice on my last bill and")
+    out += d.silence(450)  # ~700 ms of silence: finished words would have ended the turn at 450
+    assert not of(Respond, out)
+    out = d.audio(utterance)  # the caller goes on
+    assert of(Cancel, out), "the transcript of the first half is stale"
+    out = d.silence(250)
+    out += d.answer_transcribe(out, "You charged me twice on my last bill and I want a refund.")
+    out += d.silence(300)
+    (respond,) = of(Respond, out)
+    assert respond.text == "You charged me twice on my last bill and I want a refund."
+
+
+def test_words_that_stop_mid_sentence_end_the_turn_after_the_longer_wait(vad, utterance):
+    d = Driver(vad, SessionOptions(unfinished_end_ms=900))
+    out = d.audio(utterance) + d.silence(250)
+    out += d.answer_transcribe(out, "I wanted to ask about the")
+    out += d.silence(560)
+    assert not of(Respond, out)
+    (respond,) = of(Respond, d.silence(160))  # 900 ms after the words stopped
+    assert respond.text == "I wanted to ask about the"
+
+
+def test_speech_before_the_reply_plays_continues_the_turn_and_withdraws_the_reply(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    first = take_turn(d, utterance, "My SIM card is cracked.")
+    out = d.audio(utterance)  # the second sentence, before any of the reply was heard
+    assert Withdraw(first.job) in out and not of(ClearAudio, out)
+    out = d.silence(250)
+    out += d.answer_transcribe(out, "How do I get a new one?")
+    out += d.silence(300)
+    (respond,) = of(Respond, out)
+    assert respond.text == "My SIM card is cracked. How do I get a new one?"
+    late = SentenceReady(first.job, "I'm sorry about your SIM card.", np.zeros(800, np.int16), 5.0, d.t)
+    assert d.send(late) == [], "the withdrawn reply's audio never plays"
+    assert not of(CommitTurn, d.actions), "nothing of the withdrawn reply is recorded"
+
+
+def test_speech_in_the_first_second_of_the_reply_continues_the_turn(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    first = take_turn(d, utterance, "You charged me twice on my last bill.")
+    marks = d.speak(first.job, ["I'm sorry about the billing problem."], action=CallAction.TRANSFER, finish=True)
+    out = d.audio(utterance)  # starts right as the reply does: inside the barge-in guard, still the same turn
+    assert of(ClearAudio, out) and Withdraw(first.job) in out and not of(CommitTurn, out)
+    assert d.send(MarkEchoed(marks[0], d.t)) == [], "the mark the clear returned was never heard"
+    out = d.silence(250)
+    out += d.answer_transcribe(out, "And I want a refund.")
+    out += d.silence(300)
+    (respond,) = of(Respond, out)
+    assert respond.text == "You charged me twice on my last bill. And I want a refund."
+    assert not of(Transfer, d.actions) and not d.session.ended, "the withdrawn reply's hand-off never happens"
+
+
+def test_speech_after_the_first_second_of_the_reply_is_a_barge_in(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    first = take_turn(d, utterance, "What are your opening hours?")
+    d.speak(first.job, ["We are open nine to five.", "On Saturdays ten to two."], finish=False)
+    d.silence(1200)
+    out = d.audio(utterance[: 8 * 500])
+    assert of(ClearAudio, out) and Cancel(first.job) in out and not of(Withdraw, out)
+    (commit,) = of(CommitTurn, out)
+    assert commit.interrupted
+
+
+def test_a_noise_that_withdrew_the_reply_gets_the_turn_answered_after_all(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    first = take_turn(d, utterance, "Do you ship to Canada?")
+    d.speak(first.job, ["Yes, we ship to Canada."], finish=False)
+    out = d.audio(utterance[: 8 * 400])
+    assert Withdraw(first.job) in out
+    out = d.silence(250)
+    out += d.answer_transcribe(out, "Okay.")
+    out += d.silence(300)
+    (respond,) = of(Respond, out)
+    assert respond.kind is ReplyKind.TURN and respond.text == "Do you ship to Canada?"

@@ -60,6 +60,9 @@ class VoiceAgent:
             barge_in_ms=voice.barge_in_ms,
             barge_in_guard_ms=voice.barge_in_guard_ms,
             question_end_ms=voice.vad_question_end_ms,
+            end_ms=voice.vad_end_ms,
+            unfinished_end_ms=voice.vad_unfinished_end_ms,
+            continuation_ms=voice.continuation_ms,
             dtmf_map=parse_dtmf_map(voice.dtmf_map),
         )
         self.vad_options = VadOptions.from_voice(voice)

@@ -38,6 +38,7 @@ from voicebot.session import (
     Transcribe,
     Transcribed,
     Transfer,
+    Withdraw,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ class CallRunner:
                 job = self._jobs.get(action.job)
                 if job is not None:
                     job.cancelled.set()
+            case Withdraw():
+                self._withdraw(action.job)
             case CommitTurn():
                 self._commit(action)
             case Transfer():
@@ -202,6 +205,18 @@ class CallRunner:
                 self.clock(),
             )
         )
+
+    def _withdraw(self, job_id: int) -> None:
+        """Cancel the reply's work and, once its job has stopped, undo what its decision did."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        job.cancelled.set()
+        if job.task is not None and not job.task.done():
+            job.task.add_done_callback(lambda _: self._withdraw(job_id))
+        elif job.reply is not None:
+            self.conversation.withdraw(job.reply)
+            job.reply = None
 
     def _commit(self, action: CommitTurn) -> None:
         job = self._jobs.get(action.job)

@@ -71,13 +71,17 @@ class VoiceSettings:
     # until the probability drops below vad_neg_threshold (default vad_threshold - 0.15). Speech must last
     # vad_min_speech_ms to start a turn (clicks don't); after vad_pause_ms of silence the words so far are
     # transcribed speculatively, and after vad_end_ms the turn is over, or already after vad_question_end_ms
-    # when that transcript ends in a question mark (0 turns this off).
+    # when that transcript ends in a question mark (0 turns this off), or only after vad_unfinished_end_ms when
+    # it stops mid-sentence ("... and", "the", a comma). Speech within continuation_ms of the reply starting to
+    # play (or before it does) goes on with the same turn: the reply is withdrawn and the whole turn answered.
     vad_threshold: float = 0.5
     vad_neg_threshold: float | None = None
     vad_min_speech_ms: int = 150
     vad_pause_ms: int = 200
     vad_end_ms: int = 450
     vad_question_end_ms: int = 300
+    vad_unfinished_end_ms: int = 1000
+    continuation_ms: int = 1000
     # Barge-in: caller speech interrupts the bot once it has lasted barge_in_ms, unless it began within
     # barge_in_guard_ms of the bot starting to talk. dtmf_map maps keypad digits to meanings ("0=human").
     # Prompt Whisper with the KB's names (company, brands, plans) written as a call's opening. Off by default:

@@ -68,6 +68,8 @@ class Recorder(Protocol):
 
     def create_ticket(self, call_id: str, caller: str | None, category: str, summary: str) -> Ticket: ...
 
+    def withdraw_ticket(self, ticket_id: str) -> None: ...
+
 
 @dataclass
 class Reply:
@@ -83,6 +85,7 @@ class Reply:
     action: CallAction | None = None
     reason: HandoffReason | None = None
     ticket_id: str | None = None
+    opened_ticket: bool = False  # this reply opened `ticket_id` (rather than naming one the call already has)
     score: float | None = None  # the best KB match's cosine similarity, when retrieval ran
     decision: Decision | None = None  # why this route (caller turns only)
     route_ms: float | None = None
@@ -316,6 +319,17 @@ class Conversation:
         reply.decision, reply.score, reply.route_ms, reply.classify_ms = decision, score, route_ms, classify_ms
         return reply
 
+    def withdraw(self, reply: Reply) -> None:
+        """Undo what `reply` did when it was decided, none of which the caller heard: the caller was still
+        talking, and the whole turn is answered instead. A ticket it opened is removed, its frustration count
+        taken back."""
+        reply.cancel()
+        if reply.decision is not None and reply.decision.frustrated:
+            self.frustration = max(0, self.frustration - 1)
+        if reply.opened_ticket:
+            self.tickets = [(ticket, words) for ticket, words in self.tickets if ticket.id != reply.ticket_id]
+            self.engine.store.withdraw_ticket(reply.ticket_id or "")
+
     def commit(
         self, reply: Reply, spoken_text: str, *, interrupted: bool, latency_ms: dict[str, float | None] | None = None
     ) -> None:
@@ -424,7 +438,7 @@ class Conversation:
             self.tickets.append((ticket, vector))
             line = prompts.ticket_opened(category, speak_ticket_id(ticket.id))
         reply = self._fixed(ReplyKind.TURN, Route.TICKET, line, state=DialogState.COMPLAINT, caller_text=text)
-        reply.ticket_id = ticket.id
+        reply.ticket_id, reply.opened_ticket = ticket.id, existing is None
         return reply
 
     def _summary(self, text: str) -> str:

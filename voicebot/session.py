@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from voicebot.audio import Resampler, pcm16_to_float
 from voicebot.routes import CallAction, HandoffReason, ReplyKind, Route
 from voicebot.stt import Transcript
+from voicebot.turn_end import Ending, ending
 from voicebot.vad import SpeechEnd, SpeechPause, SpeechResume, SpeechStart, VadStream
 
 PHONE_RATE = 8000
@@ -178,6 +179,14 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Withdraw:
+    """Cancel the reply of `job` and undo what it did (a ticket it opened): the caller had not finished, and
+    their whole turn is answered instead. Nothing of it is recorded."""
+
+    job: int
+
+
+@dataclass(frozen=True)
 class CommitTurn:
     """Record the reply of `job` as actually played: `spoken_text` is cut at a barge-in."""
 
@@ -205,7 +214,19 @@ class CallEnded:
     reason: str
 
 
-Action = PlayAudio | SendMark | ClearAudio | Transcribe | Respond | Cancel | CommitTurn | Transfer | Hangup | CallEnded
+Action = (
+    PlayAudio
+    | SendMark
+    | ClearAudio
+    | Transcribe
+    | Respond
+    | Cancel
+    | Withdraw
+    | CommitTurn
+    | Transfer
+    | Hangup
+    | CallEnded
+)
 
 
 # ---------------------------------------------------------------- options and state
@@ -218,8 +239,18 @@ class SessionOptions:
     preroll_ms: int = 300  # audio kept before the VAD's speech onset so the first syllable is transcribed
     max_turn_ms: int = 30_000  # a turn longer than this is cut and answered
     question_end_ms: int = 300  # a pause this long ends a turn whose transcript ends in "?" (0: never early)
+    end_ms: int = 450  # a pause this long ends a turn whose words sound finished
+    unfinished_end_ms: int = 1000  # words that sound unfinished ("... and", "the", a comma) wait this long
+    continuation_ms: int = 1000  # speech this soon after the reply starts playing continues the caller's turn
     dtmf_map: dict[str, str] = field(default_factory=lambda: {"0": "human"})
     sorry_prompt: str = "Sorry, go ahead."
+
+    def __post_init__(self) -> None:
+        if not 0 < self.end_ms <= self.unfinished_end_ms or self.continuation_ms < 0:
+            raise ValueError(
+                "turn ends need 0 < voice.vad_end_ms <= voice.vad_unfinished_end_ms and voice.continuation_ms >= 0; "
+                f"got {self.end_ms}, {self.unfinished_end_ms} and {self.continuation_ms}"
+            )
 
 
 @dataclass
@@ -258,6 +289,7 @@ class _CallerTurn:
     stt_ready_now: float | None = None
     during_bot: bool = False  # began while the bot was talking: a backchannel here is not a turn
     barged_in: bool = False  # this speech already interrupted the bot
+    continues: str | None = None  # the words of the turn this speech goes on with (their reply withdrawn)
 
 
 class CallSession:
@@ -266,6 +298,10 @@ class CallSession:
     def __init__(self, vad: VadStream, options: SessionOptions | None = None) -> None:
         self.options = options or SessionOptions()
         self.vad = vad
+        if vad.options.end_ms < self.options.unfinished_end_ms:
+            # The session decides when finished-sounding words end the turn (`end_ms`); the VAD's own end is
+            # the longest wait, for words that sound unfinished.
+            vad.options = replace(vad.options, end_ms=self.options.unfinished_end_ms)
         self._resampler = Resampler(PHONE_RATE, STT_RATE)
         self._jobs = itertools.count(1)
         self._turns = itertools.count(1)
@@ -274,7 +310,7 @@ class CallSession:
         self._media_ms = 0  # 16 kHz samples fed, as ms
         self._caller: _CallerTurn | None = None
         self._bot: _BotUtterance | None = None
-        self._responding: tuple[int, str] | None = None  # job and caller text of a reply with no audio out yet
+        self._answering: tuple[int, str] | None = None  # job and caller text of the reply to the latest turn
         self._cleared_marks: set[str] = set()
         self._pending_action: tuple[CallAction, HandoffReason | None] | None = None
         self.ended = False
@@ -320,14 +356,18 @@ class CallSession:
         for vad_event in self.vad.feed(audio):
             match vad_event:
                 case SpeechStart():
-                    self._caller = _CallerTurn(onset_ms=vad_event.onset_ms, during_bot=self.bot_speaking)
+                    self._caller = _CallerTurn(
+                        onset_ms=vad_event.onset_ms,
+                        during_bot=self.bot_speaking,
+                        continues=self._continuable(vad_event.onset_ms),
+                    )
                 case SpeechPause():
                     actions += self._start_transcription(vad_event.speech_end_ms, event.now)
                 case SpeechResume():
                     actions += self._drop_transcription()
                 case SpeechEnd():
                     actions += self._on_turn_end(vad_event, event.now)
-        actions += self._end_if_asked(event.now)
+        actions += self._end_if_done(event.now)
         actions += self._check_barge_in()
         if self._caller is None:
             self._trim_audio()
@@ -389,22 +429,34 @@ class CallSession:
         if caller is None or caller.stt_job != event.job:
             return []  # stale: the caller went on talking after the pause
         caller.transcript, caller.stt_compute_ms, caller.stt_ready_now = event.transcript, event.compute_ms, event.now
-        return self._take_turn(event.now) if caller.ended_now is not None else self._end_if_asked(event.now)
+        return self._take_turn(event.now) if caller.ended_now is not None else self._end_if_done(event.now)
 
-    def _end_if_asked(self, now: float) -> list[Action]:
-        """End the turn before `SpeechEnd` when the words so far are a question and the pause is long enough.
+    def _end_if_done(self, now: float) -> list[Action]:
+        """End the turn before the VAD's own end once the pause is as long as the words so far call for.
 
-        Whisper punctuates what it hears; a trailing "?" after `question_end_ms` of silence is as sure a sign
-        of a finished turn as the full `end_ms`, so the answer can start that much sooner.
+        Whisper punctuates what it hears (`voicebot.turn_end`): a question ends after `question_end_ms` of
+        silence, a finished sentence after `end_ms`; words that stop on "and", "the" or a comma get the VAD's
+        full end (`unfinished_end_ms`), as a caller drawing breath mid-sentence goes on within it.
         """
-        caller, wait = self._caller, self.options.question_end_ms
-        if caller is None or caller.ended_now is not None or caller.transcript is None or not wait:
+        caller = self._caller
+        if caller is None or caller.ended_now is not None or caller.transcript is None:
             return []
-        if self.vad.paused_ms < wait or not caller.transcript.usable:
-            return []
-        if not caller.transcript.text.rstrip().endswith("?"):
+        paused = self.vad.paused_ms
+        if not paused or paused < self._end_wait(caller.transcript):
             return []
         return self._on_turn_end(self.vad.end_turn(), now)
+
+    def _end_wait(self, transcript: Transcript) -> int:
+        """The silence after these words that ends the turn."""
+        if not transcript.usable:
+            return self.options.end_ms
+        match ending(transcript.text):
+            case Ending.QUESTION:
+                return min(self.options.question_end_ms or self.options.end_ms, self.options.end_ms)
+            case Ending.FINISHED:
+                return self.options.end_ms
+            case _:
+                return self.options.unfinished_end_ms
 
     def _take_turn(self, now: float) -> list[Action]:
         """The caller's turn is over and transcribed: answer it, ignore it, or treat it as a barge-in."""
@@ -412,32 +464,70 @@ class CallSession:
         assert caller is not None and caller.transcript is not None
         self._caller = None
         transcript = caller.transcript
-        if not transcript.usable or (caller.during_bot and is_backchannel(transcript.text)):
-            # Nothing to answer. If this sound already cut the bot off, invite the caller to go on.
-            if caller.barged_in and self._bot is None and self._responding is None:
+        continued = self._still_continuable(caller)
+        if not transcript.usable or ((caller.during_bot or continued) and is_backchannel(transcript.text)):
+            # Nothing to answer. If this sound already cut the bot off, answer or invite the caller to go on.
+            if continued and caller.barged_in:  # the reply was withdrawn for a noise: answer the turn after all
+                return self._respond(ReplyKind.TURN, caller.continues or "", now)
+            if caller.barged_in and self._bot is None:
                 return self._respond(ReplyKind.PROMPT, self.options.sorry_prompt, now)
             return []
         actions: list[Action] = []
-        if self.bot_speaking:  # short speech that did not pass the gate but says something real
-            actions += self._barge_in(caller)
         text = transcript.text
-        if self._responding is not None:  # the caller added to a turn we were still thinking about
-            job, previous = self._responding
-            actions.append(Cancel(job))
-            self._bot, self._responding = None, None
-            text = f"{previous} {text}"
+        if continued:  # the caller went on with the turn just answered: answer the whole of it once
+            if not caller.barged_in:
+                actions += self._withdraw()
+            text = f"{caller.continues} {text}"
+        elif self.bot_speaking:  # short speech that did not pass the gate but says something real
+            actions += self._barge_in(caller)
         stt_wait = max(0.0, (caller.stt_ready_now or now) - (caller.ended_now or now)) * 1000
         latency = {"endpoint": caller.endpoint_ms, "stt": round(stt_wait, 1), "stt_compute": caller.stt_compute_ms}
         actions += self._respond(ReplyKind.TURN, text, now, latency, caller_ended_now=caller.ended_now)
+        return actions
+
+    # ------------------------------------------------------------ continuations
+
+    def _continuable(self, onset_ms: int) -> str | None:
+        """The caller's words of the turn that speech starting at `onset_ms` goes on with: the reply to it is
+        still being worked out or has played for less than `continuation_ms`. None when it is a new turn."""
+        bot, answering = self._bot, self._answering
+        if bot is None or answering is None or bot.job != answering[0]:
+            return None
+        if bot.started_media_ms is not None and onset_ms - bot.started_media_ms >= self.options.continuation_ms:
+            return None
+        return answering[1]
+
+    def _still_continuable(self, caller: _CallerTurn) -> bool:
+        """`caller` continues a turn whose reply is withdrawn, or could still be (not yet played in full)."""
+        if caller.continues is None:
+            return False
+        return caller.barged_in or (self._answering is not None and self._bot is not None)
+
+    def _withdraw(self) -> list[Action]:
+        """Take back the reply to the turn the caller is going on with: stop its audio, cancel its work, undo
+        what it did, record nothing of it, and forget any hang-up or transfer it was leading to."""
+        bot = self._bot
+        assert bot is not None
+        actions: list[Action] = []
+        if bot.started_now is not None:
+            actions.append(ClearAudio())
+            self._cleared_marks.update(mark for _, mark in bot.sentences if mark not in bot.echoed)
+        actions.append(Withdraw(bot.job))
+        self._bot, self._answering, self._pending_action = None, None, None
         return actions
 
     # ------------------------------------------------------------ barge-in
 
     def _check_barge_in(self) -> list[Action]:
         caller, bot = self._caller, self._bot
-        if caller is None or caller.barged_in or not self.vad.in_speech or not self.bot_speaking:
+        if caller is None or caller.barged_in or not self.vad.in_speech:
             return []
         if self.vad.speech_ms < self.options.barge_in_ms:
+            return []
+        if caller.continues is not None and self._still_continuable(caller):
+            caller.barged_in = True  # the caller is going on: the reply is premature, whether it plays or not
+            return self._withdraw()
+        if not self.bot_speaking:
             return []
         assert bot is not None and bot.started_media_ms is not None
         if bot.started_media_ms <= caller.onset_ms < bot.started_media_ms + self.options.barge_in_guard_ms:
@@ -460,7 +550,7 @@ class CallSession:
         if bot.finished is not None and bot.finished.action is CallAction.TRANSFER:
             self._pending_action = (CallAction.TRANSFER, bot.finished.reason)  # they asked for a human: go now
         actions += self._commit(bot, interrupted=True)
-        self._bot, self._responding = None, None
+        self._bot, self._answering = None, None
         if self._pending_action is not None:
             actions += self._do_pending_action()
         return actions
@@ -491,7 +581,7 @@ class CallSession:
         bot.latency = dict(latency or {})
         bot.latency["_t0"] = caller_ended_now if caller_ended_now is not None else now
         self._bot = bot
-        self._responding = (job, text) if kind is ReplyKind.TURN else None
+        self._answering = (job, text) if kind is ReplyKind.TURN else None
         return [Respond(job, kind, text)]
 
     def _on_sentence(self, event: SentenceReady) -> list[Action]:
@@ -506,7 +596,6 @@ class CallSession:
             t0 = bot.latency.pop("_t0")
             waited = (event.now - t0) * 1000 if t0 is not None else 0.0
             bot.latency["first_audio_out"] = round((bot.latency.get("endpoint") or 0.0) + waited, 1)
-            self._responding = None
         return [PlayAudio(event.pcm), SendMark(mark)]
 
     def _on_reply_finished(self, event: ReplyFinished) -> list[Action]:
@@ -521,7 +610,6 @@ class CallSession:
         bot.latency.pop("_t0", None)
         if event.action is not None:
             self._pending_action = (event.action, event.reason)
-        self._responding = None
         return self._complete_if_played()
 
     def _on_mark(self, event: MarkEchoed) -> list[Action]:
@@ -545,6 +633,8 @@ class CallSession:
         return actions
 
     def _commit(self, bot: _BotUtterance, *, interrupted: bool) -> list[Action]:
+        if self._answering is not None and self._answering[0] == bot.job:
+            self._answering = None  # heard (in part or in full): no longer a reply to take back
         spoken = bot.played_text() if interrupted else bot.full_text()
         latency = {k: v for k, v in bot.latency.items() if not k.startswith("_")}
         if bot.kind is ReplyKind.GREETING:

@@ -101,6 +101,11 @@ class Store(ABC):
         """Open a ticket with a new short, speakable id."""
 
     @abstractmethod
+    def withdraw_ticket(self, ticket_id: str) -> None:
+        """Remove a ticket whose id the caller never heard: the turn that opened it turned out to be half a
+        sentence, and the whole of it is answered instead."""
+
+    @abstractmethod
     def tickets_for_call(self, call_id: str) -> list[Ticket]:
         """The call's tickets, oldest first."""
 
@@ -452,6 +457,10 @@ class SqliteStore(Store):
         return ticket
 
     _TICKET_COLUMNS = "id, call_id, caller, category, summary, status, created_at"
+
+    def withdraw_ticket(self, ticket_id: str) -> None:
+        with self._transaction(f"withdraw ticket {ticket_id}") as conn:
+            conn.execute("DELETE FROM tickets WHERE id = ?", (ticket_id,))
 
     def tickets_for_call(self, call_id: str) -> list[Ticket]:
         with self._transaction(f"read the tickets of call {call_id}", write=False) as conn:

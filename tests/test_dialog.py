@@ -411,7 +411,7 @@ def test_a_withdrawn_reply_takes_back_the_ticket_it_opened(engine: DialogEngine)
     list(fragment.sentences)
     conversation.withdraw(fragment)  # the caller was still talking: nothing of this reply was heard
     assert engine.store.tickets_for_call(conversation.call_id) == []
-    whole, spoken = say(conversation, "I want to make a complaint, the courier threw my parcel over the fence")
+    whole, _ = say(conversation, "I want to make a complaint, the courier threw my parcel over the fence")
     assert whole.route == "ticket" and whole.opened_ticket
     (ticket,) = engine.store.tickets_for_call(conversation.call_id)
     assert ticket.id == whole.ticket_id and "fence" in ticket.summary

@@ -86,3 +86,18 @@ def test_noise_only_call_invents_no_turn(agent):
     wav = next(w for w in SAMPLE_CALLS if w.stem == "silence_noise")
     record = asyncio.run(replay_call(agent, wav, speed=0)).record
     assert record["turns"] == [] and record["tickets"] == []
+
+
+# Not yet "backchannel": shifted 10-30 ms, its 250 ms hum crosses the 250 ms barge-in gate and Whisper hears it as
+# a word ("Amen."), which takes a turn (issue 9: pause on the first 200 ms instead of clearing, resume after).
+HABITS = ("two_sentences", "pause_mid_sentence", "continuation")
+
+
+@pytest.mark.parametrize("shift_ms", [10, 20, 30])
+@pytest.mark.parametrize("name", HABITS)
+def test_callers_habits_hold_in_every_frame_alignment(agent, name, shift_ms):
+    """Where a pause ends relative to the 20 ms frames and 32 ms VAD windows must not decide the call: each
+    habit's call, started 10-30 ms later (0 is `test_sample_call_outcomes`), has the same outcome."""
+    wav = next(w for w in SAMPLE_CALLS if w.stem == name)
+    record = asyncio.run(replay_call(agent, wav, speed=0, shift_ms=shift_ms)).record
+    assert check_record(record, expectations(wav)) == [], record

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
 import statistics
 import sys
@@ -61,7 +62,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from voicebot.retrieval import BATCH_SIZE, Band, FaqIndex, Hit, Match, Thresholds, ThresholdSource
+from voicebot.config import Settings
+from voicebot.retrieval import BATCH_SIZE, Band, FaqIndex, Hit, Match, TextEncoder, Thresholds, ThresholdSource
+
+log = logging.getLogger(__name__)
 
 OUT_OF_SCOPE = Path(__file__).resolve().parent / "data" / "out_of_scope.json"
 K = 3  # how many entries each calibration line is searched for
@@ -437,6 +441,26 @@ def check_kb(index: FaqIndex, out_of_scope: Sequence[Negative], *, progress: boo
         own_trades=own,
         calibration=CalibrationReport(tuple(labelled), negatives, source, thresholds, thresholds),
     )
+
+
+def load_calibrated_index(
+    settings: Settings, kb_path: Path, embedder: TextEncoder, *, progress: bool = False
+) -> FaqIndex:
+    """The KB's index with thresholds calibrated for it: stored ones, else calibrated now (a few seconds, once
+    per KB version) rather than routing by defaults measured on another KB. `voicebot kb check` does the same
+    and reports what it found."""
+    index = FaqIndex.build_or_load(
+        kb_path,
+        embedder,
+        progress=progress,
+        fallback_dir=settings.models.dir / "kb-index",
+        default_thresholds=Thresholds.from_settings(settings.dialog),
+    )
+    if index.thresholds.source is ThresholdSource.DEFAULT:
+        thresholds = calibrate_thresholds(index, load_out_of_scope())
+        index.store_thresholds(thresholds)
+        log.info("calibrated the thresholds of %s: %s", kb_path, describe(thresholds))
+    return index
 
 
 def calibrate_thresholds(index: FaqIndex, out_of_scope: Sequence[Negative]) -> Thresholds:

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from voicebot import prompts
-from voicebot.calibration import calibrate_thresholds, describe, load_out_of_scope
+from voicebot.calibration import load_calibrated_index
 from voicebot.config import Settings
 from voicebot.embedder import Embedder, load_embedder
 from voicebot.intents import (
@@ -38,7 +38,7 @@ from voicebot.intents import (
 from voicebot.kb import Company, load_knowledge_base
 from voicebot.llm import LlamaChat, Message, load_llm
 from voicebot.reply_writer import ReplyWriter, Written
-from voicebot.retrieval import FaqIndex, Thresholds, ThresholdSource
+from voicebot.retrieval import FaqIndex
 from voicebot.routes import CallAction, DialogState, HandoffReason, ReplyKind, Route
 from voicebot.routing import Context, Decision, Turn, decide
 from voicebot.store import Ticket, TurnRecord, speak_ticket_id
@@ -159,19 +159,7 @@ class DialogEngine:
         """Load the embedder and both LLM contexts, and build (or load) the knowledge base's index."""
         kb = load_knowledge_base(kb_path)
         embedder = load_embedder(settings.models)
-        index = FaqIndex.build_or_load(
-            kb_path,
-            embedder,
-            progress=progress,
-            fallback_dir=settings.models.dir / "kb-index",
-            default_thresholds=Thresholds.from_settings(settings.dialog),
-        )
-        if index.thresholds.source is ThresholdSource.DEFAULT:
-            # Never checked: calibrate now (a few seconds, once per KB version) rather than route by defaults
-            # measured on another KB. `voicebot kb check` does the same and reports what it found.
-            thresholds = calibrate_thresholds(index, load_out_of_scope())
-            index.store_thresholds(thresholds)
-            log.info("calibrated the thresholds of %s: %s", kb_path, describe(thresholds))
+        index = load_calibrated_index(settings, kb_path, embedder, progress=progress)
         llm = load_llm(settings.models, settings.dialog)
         classifier = IntentClassifier.beside(llm, settings.models)
         return cls(settings, embedder, index, llm, classifier, store, company=kb.company)

@@ -96,10 +96,16 @@ async def replay_call(
     caller: str | None = None,
     call_id: str | None = None,
     tail_ms: int = 20_000,
+    shift_ms: int = 0,
 ) -> ReplayResult:
-    """Run the recording `wav` through a fresh call; returns what was heard and the stored call record."""
+    """Run the recording `wav` through a fresh call; returns what was heard and the stored call record.
+
+    `shift_ms` starts the recording that much later (its first `shift_ms` repeated in front, line noise on a
+    recorded call), so a test can replay it at every alignment to the 20 ms frames and the VAD's 32 ms windows.
+    """
     audio = phone_audio(wav)
-    presses = sidecar_dtmf(wav)
+    audio = np.concatenate([audio[: shift_ms * RATE // 1000], audio])
+    presses = [(at + shift_ms, digit) for at, digit in sidecar_dtmf(wav)]
     call_id = call_id or new_call_id("replay")
     session, conversation = agent.open_call(call_id, caller, "replay")
     phone = VirtualPhone()

@@ -415,3 +415,17 @@ def test_a_withdrawn_reply_takes_back_the_ticket_it_opened(engine: DialogEngine)
     assert whole.route == "ticket" and whole.opened_ticket
     (ticket,) = engine.store.tickets_for_call(conversation.call_id)
     assert ticket.id == whole.ticket_id and "fence" in ticket.summary
+
+
+def test_doubtful_words_get_asked_again_then_a_way_to_a_colleague(engine: DialogEngine) -> None:
+    conversation = call(engine)
+    first = conversation.respond("you charged me wife on my last wheel", misheard=True)
+    assert first.route == "repeat" and " ".join(first.sentences) == prompts.NOT_HEARD_LINE
+    conversation.commit(first, prompts.NOT_HEARD_LINE, interrupted=False)
+    second = conversation.respond("I want a refund on the wheel", misheard=True)
+    spoken = " ".join(second.sentences)
+    assert second.route == "repeat" and spoken == prompts.NOT_HEARD_AGAIN_LINE
+    conversation.commit(second, spoken, interrupted=False)
+    assert engine.store.tickets_for_call(conversation.call_id) == []
+    reply, _ = say(conversation, "a colleague, please")
+    assert reply.route == "handoff"

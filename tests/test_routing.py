@@ -26,7 +26,9 @@ def hit(entry: KbEntry, score: float) -> Hit:
     return Hit(entry, score, entry.question, Match.QUESTION)
 
 
-def turn(text: str, hits=(), context: Context | None = None, topic_hits=(), **intents: float) -> Turn:
+def turn(
+    text: str, hits=(), context: Context | None = None, topic_hits=(), misheard: bool = False, **intents: float
+) -> Turn:
     scores = {Kind.OTHER: 0.3, **{Kind[name.upper()]: score for name, score in intents.items()}}
     return Turn(
         text=text,
@@ -38,6 +40,7 @@ def turn(text: str, hits=(), context: Context | None = None, topic_hits=(), **in
         context=context or Context(),
         topic_hits=list(topic_hits),
         category="fault",
+        misheard=misheard,
     )
 
 
@@ -121,3 +124,21 @@ def test_failed_turns_and_frustration_hand_off() -> None:
 def test_nothing_heard_asks_again_and_state_follows_the_words() -> None:
     assert decide(turn("", [])).route is Route.REPEAT
     assert decide(turn("I need to reschedule my appointment", [hit(HOURS, 0.5)])).state is DialogState.TRANSACTION
+
+
+def test_doubtful_words_are_answered_from_the_kb_but_never_acted_on() -> None:
+    # "If I switch to you from another carrier ..." heard as nonsense: no transfer, no ticket, no hang-up.
+    for words in (
+        turn("if I'd witch come you from a hunter carrier", [hit(HOURS, 0.2)], Context(failed_turns=1), misheard=True),
+        turn("can I speak to the dentist", [hit(WHITENING, 0.45)], misheard=True),
+        turn("I tried everything, nothing else works", [hit(WIFI, 0.4)], misheard=True, ticket=0.7),
+        turn("ok that's all, thanks, bye", [hit(HOURS, 0.2)], misheard=True),
+        turn("two payments came out of my account for one visit", [hit(HOURS, 0.33)], misheard=True),
+    ):
+        decision = decide(words)
+        assert (decision.route, decision.misheard, decision.needs_label) == (Route.REPEAT, True, False), words.text
+    # What the KB answers is answered, doubtful or not.
+    decision = decide(turn("I have a broken tooth", [hit(EMERGENCY, 0.8)], misheard=True))
+    assert (decision.route, decision.entry_id) == (Route.FAQ, "emergency")
+    decision = decide(turn("when are you opened on saturday", [hit(HOURS, 0.5)], misheard=True))
+    assert (decision.route, decision.entry_id) == (Route.LLM, "hours")

@@ -52,7 +52,7 @@ def test_barge_in_cuts_the_greeting_to_what_was_heard(agent):
     # (The 400 ms target is a median, measured by `voicebot bench`; this call's soft "s" onset is a slow one.)
     (line,) = json.loads(wav.with_suffix(".json").read_text())["script"]
     assert_silent_while_talked_over(result.heard, line)
-    assert 250 <= greeting["latency_ms"]["barge_in"] <= 350  # VAD onset to clear, in media time
+    assert 300 <= greeting["latency_ms"]["barge_in"] <= 400  # VAD onset to clear, in media time
 
 
 def test_barge_in_cuts_an_answer_to_the_sentences_heard(agent):
@@ -65,7 +65,7 @@ def test_barge_in_cuts_an_answer_to_the_sentences_heard(agent):
     assert cut["interrupted"] and cut["reply_text"] == first
     _question, interruption = json.loads(wav.with_suffix(".json").read_text())["script"]
     assert_silent_while_talked_over(result.heard, interruption)
-    assert 250 <= cut["latency_ms"]["barge_in"] <= 350
+    assert 300 <= cut["latency_ms"]["barge_in"] <= 400
 
 
 def assert_silent_while_talked_over(heard: np.ndarray, line: dict) -> None:
@@ -88,9 +88,7 @@ def test_noise_only_call_invents_no_turn(agent):
     assert record["turns"] == [] and record["tickets"] == []
 
 
-# Not yet "backchannel": shifted 10-30 ms, its 250 ms hum crosses the 250 ms barge-in gate and Whisper hears it as
-# a word ("Amen."), which takes a turn (issue 9: pause on the first 200 ms instead of clearing, resume after).
-HABITS = ("two_sentences", "pause_mid_sentence", "continuation")
+HABITS = ("two_sentences", "pause_mid_sentence", "continuation", "backchannel")
 
 
 @pytest.mark.parametrize("shift_ms", [10, 20, 30])

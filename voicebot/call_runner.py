@@ -180,7 +180,7 @@ class CallRunner:
             case ReplyKind.PROMPT:
                 reply = self.conversation.prompt(action.text)
             case ReplyKind.TURN:
-                reply = self.conversation.respond(action.text, cancelled=job.cancelled.is_set)
+                reply = self.conversation.respond(action.text, cancelled=job.cancelled.is_set, misheard=action.misheard)
         job.reply = reply
         try:
             for sentence in reply.sentences:

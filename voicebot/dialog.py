@@ -208,6 +208,7 @@ class Conversation:
         self.state = DialogState.CONSULTING
         self.topic: str | None = None  # the KB entry the conversation is about, for follow-ups
         self.failed_turns = 0  # low-confidence or fallback turns in a row
+        self.misheard_turns = 0  # turns in a row the bot asked to hear again
         self.frustration = 0
         self.tickets: list[tuple[Ticket, np.ndarray]] = []  # with the embedding of the words that opened it
         self.handoff_reason: HandoffReason | None = None
@@ -236,7 +237,9 @@ class Conversation:
 
     # ------------------------------------------------------------ a caller turn
 
-    def decide(self, text: str, vector: np.ndarray | None = None) -> tuple[Decision, Turn, float | None]:
+    def decide(
+        self, text: str, vector: np.ndarray | None = None, *, misheard: bool = False
+    ) -> tuple[Decision, Turn, float | None]:
         """Route the caller's words: the decision, what it was based on, and the LLM classifier's ms (if asked)."""
         engine, dialog = self.engine, self.engine.dialog
         cues = read_cues(text)
@@ -255,10 +258,11 @@ class Conversation:
             intents=engine.intents.match(vector),
             thresholds=engine.index.thresholds,
             intent_thresholds=engine.intents.thresholds,
-            context=Context(self.topic, self.failed_turns, self.frustration),
+            context=Context(self.topic, self.failed_turns, self.frustration, self.misheard_turns),
             topic_hits=topic_hits,
             category=engine.intents.category(vector),
             facts_margin=dialog.facts_margin,
+            misheard=misheard,
         )
         decision = decide(turn)
         classify_ms = None
@@ -268,14 +272,17 @@ class Conversation:
             decision = decide(turn, label.kind)
         return decision, turn, classify_ms
 
-    def respond(self, caller_text: str, *, cancelled: Callable[[], bool] | None = None) -> Reply:
-        """Route the caller's words and start the reply. Nothing is recorded until `commit`."""
+    def respond(
+        self, caller_text: str, *, cancelled: Callable[[], bool] | None = None, misheard: bool = False
+    ) -> Reply:
+        """Route the caller's words and start the reply. Nothing is recorded until `commit`. `misheard`: the STT
+        was unsure of the words, so they are answered from the KB or not at all, never acted on."""
         start = time.perf_counter()
         text = " ".join(caller_text.split())
         if not text:
             return self._fixed(ReplyKind.TURN, Route.REPEAT, prompts.NOT_HEARD_LINE, state=self.state)
         vector = self.engine.embedder.encode([text])[0]
-        decision, turn, classify_ms = self.decide(text, vector)
+        decision, turn, classify_ms = self.decide(text, vector, misheard=misheard)
         if decision.frustrated:
             self.frustration += 1
         route_ms = (time.perf_counter() - start) * 1000 - (classify_ms or 0.0)
@@ -301,7 +308,12 @@ class Conversation:
                 reply = self._fixed(ReplyKind.TURN, Route.FAQ, entry.answer, state=decision.state, caller_text=text)
                 reply.faq_id = entry.id
             case Route.REPEAT:
-                reply = self._fixed(ReplyKind.TURN, Route.REPEAT, prompts.NOT_HEARD_LINE, state=self.state)
+                line = (
+                    prompts.NOT_HEARD_AGAIN_LINE
+                    if decision.misheard and self.misheard_turns
+                    else prompts.NOT_HEARD_LINE
+                )
+                reply = self._fixed(ReplyKind.TURN, Route.REPEAT, line, state=self.state, caller_text=text)
             case _:
                 reply = self._llm(text, decision, cancelled or (lambda: False))
         reply.decision, reply.score, reply.route_ms, reply.classify_ms = decision, score, route_ms, classify_ms
@@ -340,6 +352,8 @@ class Conversation:
         if reply.kind is ReplyKind.TURN:
             failed = reply.low_confidence or reply.route is Route.FALLBACK
             self.failed_turns = self.failed_turns + 1 if failed else 0
+            misheard = reply.decision is not None and reply.decision.misheard
+            self.misheard_turns = self.misheard_turns + 1 if misheard else 0
             if reply.route in (Route.FAQ, Route.LLM) and reply.faq_id is not None:
                 self.topic = reply.faq_id
             message = reply.llm_message or prompts.caller_message(reply.caller_text)

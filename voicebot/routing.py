@@ -38,6 +38,7 @@ class Context:
     topic: str | None = None  # the KB entry the last answer was about
     failed_turns: int = 0  # turns in a row nothing answered
     frustration: int = 0  # frustrated turns so far, this one not counted
+    misheard_turns: int = 0  # turns in a row the bot asked to hear again
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Decision:
     needs_label: bool = False  # ask the LLM classifier, then call `decide` again with its label
     low_confidence: bool = False  # nothing in the KB and no intent: counts towards a hand-off
     frustrated: bool = False  # this turn counts towards the frustration hand-off
+    misheard: bool = False  # REPEAT: the words were doubtful, so the bot asks again instead of acting
     why: str = ""  # one line for logs, `kb eval` and tests
 
 
@@ -68,15 +70,35 @@ class Turn:
     topic_hits: Sequence[Hit] = ()  # retrieval for the topic's question plus these words (follow-ups only)
     category: str = "complaint"  # the ticket category the words are closest to
     facts_margin: float = 0.08
+    misheard: bool = False  # STT was unsure of these words (`Transcript.doubtful`)
 
 
 FRUSTRATION_HANDOFF = 2  # frustrated turns before a colleague takes over
 BYE_MAX_WORDS = 12  # a longer sentence with "bye" in it is saying something else
+# A problem is told in a few words at least; a word or two ("Amen.", Whisper's reading of a hum) is no ticket's
+# summary, whatever the classifier says. An explicit request ("a ticket, please") needs no description.
+TICKET_MIN_WORDS = 3
+
+
+ACTIONS = frozenset({Route.TICKET, Route.HANDOFF, Route.HANGUP})
 
 
 def decide(turn: Turn, label: Kind | None = None) -> Decision:
     """The route for `turn`. `label` is the LLM classifier's answer (OTHER for a question) when a first call
-    returned `needs_label`; None until it was asked."""
+    returned `needs_label`; None until it was asked.
+
+    Words the STT was unsure of (`turn.misheard`) are answered when the KB or its facts answer them, but never
+    acted on: a ticket, a transfer or a hang-up, or a line that matches nothing, becomes "say that again".
+    """
+    decision = _decide(turn, label)
+    if turn.misheard and (decision.needs_label or decision.route in ACTIONS or decision.low_confidence):
+        return Decision(
+            Route.REPEAT, decision.state, misheard=True, why=f"doubtful words, ask again (else: {decision.why})"
+        )
+    return decision
+
+
+def _decide(turn: Turn, label: Kind | None) -> Decision:
     cues, ctx, limits = turn.cues, turn.context, turn.thresholds
     state = DialogState.TRANSACTION if cues.transaction else DialogState.CONSULTING
     if not turn.text.strip():
@@ -112,11 +134,12 @@ def decide(turn: Turn, label: Kind | None = None) -> Decision:
                 return _ticket(turn, "the LLM heard a problem the KB is about", frustrated)
         return Decision(Route.FAQ, state, hits[0].entry.id, frustrated=frustrated, why=f"KB match {kb:.2f}")
 
-    if not cues.asks and _fires(turn, Kind.TICKET, kb):
+    describes = cues.words >= TICKET_MIN_WORDS
+    if not cues.asks and describes and _fires(turn, Kind.TICKET, kb):
         return _ticket(turn, "states a problem", frustrated)
     if label is None and not cues.asks and not cues.small_talk:
         return Decision(Route.LLM, state, needs_label=True, frustrated=frustrated, why="a statement: ask the LLM")
-    if label is Kind.TICKET and not cues.asks and (cues.grievance or kb < limits.grounded):
+    if label is Kind.TICKET and not cues.asks and describes and (cues.grievance or kb < limits.grounded):
         # A need the KB answers ("I lost my card", "it won't let me log in") gets the answer; a grievance, or a
         # problem the KB knows nothing about, gets a ticket.
         return _ticket(turn, "the LLM heard a problem", frustrated)

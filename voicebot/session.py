@@ -171,6 +171,7 @@ class Respond:
     job: int
     kind: ReplyKind
     text: str
+    misheard: bool = False  # Whisper was unsure of the words (`Transcript.doubtful`): never act on them
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ Action = (
 
 @dataclass(frozen=True)
 class SessionOptions:
-    barge_in_ms: int = 250  # caller speech (as the VAD hears it) needed to interrupt the bot
+    barge_in_ms: int = 300  # caller speech (as the VAD hears it) needed to interrupt the bot
     barge_in_guard_ms: int = 300  # speech starting this soon after the bot starts talking never interrupts
     preroll_ms: int = 300  # audio kept before the VAD's speech onset so the first syllable is transcribed
     max_turn_ms: int = 30_000  # a turn longer than this is cut and answered
@@ -465,7 +466,8 @@ class CallSession:
         self._caller = None
         transcript = caller.transcript
         continued = self._still_continuable(caller)
-        if not transcript.usable or ((caller.during_bot or continued) and is_backchannel(transcript.text)):
+        over_bot = caller.during_bot or continued
+        if not transcript.usable or (over_bot and self._is_noise(caller, transcript)):
             # Nothing to answer. If this sound already cut the bot off, answer or invite the caller to go on.
             if continued and caller.barged_in:  # the reply was withdrawn for a noise: answer the turn after all
                 return self._respond(ReplyKind.TURN, caller.continues or "", now)
@@ -482,8 +484,17 @@ class CallSession:
             actions += self._barge_in(caller)
         stt_wait = max(0.0, (caller.stt_ready_now or now) - (caller.ended_now or now)) * 1000
         latency = {"endpoint": caller.endpoint_ms, "stt": round(stt_wait, 1), "stt_compute": caller.stt_compute_ms}
-        actions += self._respond(ReplyKind.TURN, text, now, latency, caller_ended_now=caller.ended_now)
+        actions += self._respond(
+            ReplyKind.TURN, text, now, latency, caller_ended_now=caller.ended_now, misheard=transcript.doubtful
+        )
         return actions
+
+    def _is_noise(self, caller: _CallerTurn, transcript: Transcript) -> bool:
+        """Speech over the bot that is no turn: a backchannel ("mm-hm"), words Whisper was unsure of, or a sound
+        too short to pass the barge-in gate that came out as a single word (a hum heard as "Amen.")."""
+        if is_backchannel(transcript.text) or transcript.doubtful:
+            return True
+        return not caller.barged_in and len(transcript.text.split()) < 2
 
     # ------------------------------------------------------------ continuations
 
@@ -575,6 +586,7 @@ class CallSession:
         now: float,
         latency: dict[str, float | None] | None = None,
         caller_ended_now: float | None = None,
+        misheard: bool = False,
     ) -> list[Action]:
         job = next(self._jobs)
         bot = _BotUtterance(job=job, kind=kind, turn=next(self._turns))
@@ -582,7 +594,7 @@ class CallSession:
         bot.latency["_t0"] = caller_ended_now if caller_ended_now is not None else now
         self._bot = bot
         self._answering = (job, text) if kind is ReplyKind.TURN else None
-        return [Respond(job, kind, text)]
+        return [Respond(job, kind, text, misheard)]
 
     def _on_sentence(self, event: SentenceReady) -> list[Action]:
         bot = self._bot

@@ -68,6 +68,11 @@ class SttOptions:
     beam_size: int = 1
     no_speech_threshold: float = 0.6  # drop when no_speech_prob is above this and confidence is low
     logprob_threshold: float = -1.0
+    # Several words heard at an average log-probability under this are doubtful (`Transcript.doubtful`): on the
+    # sample calls and five other voices, lines Whisper garbled ("My ink card impressed.", "Go for it." for
+    # "uh huh yeah") fell to -1.0..-1.9 while 2+-word lines it got right stayed above -0.9. One word is exempt:
+    # a right "Okay" scores as low as -2.7.
+    doubtful_logprob: float = -1.0
     min_rms: float = 0.003  # float audio in [-1, 1]; quieter than this is line noise, not a caller
     short_window_frames: int = 800  # encoder window for short turns (10 ms frames); 3000 = Whisper's full 30 s
     vocabulary: str | None = None  # names and terms to bias recognition toward (`kb_vocabulary`), or none
@@ -79,6 +84,7 @@ class Transcript:
     no_speech_prob: float
     avg_logprob: float
     rejected: str | None = None  # why the text was judged not to be speech, or None
+    doubtful: bool = False  # speech, but Whisper was unsure of the words: ask again rather than act on them
 
     @property
     def usable(self) -> bool:
@@ -146,7 +152,8 @@ class WhisperTranscriber:
             rejected = f"probably not speech (no_speech_prob {no_speech:.2f}, avg_logprob {logprob:.2f})"
         elif _normalise(text) in SILENCE_PHRASES:
             rejected = f"stock phrase Whisper invents on silence: {text!r}"
-        return Transcript(text, no_speech, logprob, rejected)
+        doubtful = rejected is None and len(text.split()) >= 2 and logprob < self.options.doubtful_logprob
+        return Transcript(text, no_speech, logprob, rejected, doubtful)
 
     def _transcribe_short(self, features: np.ndarray, window: int) -> tuple[str, float, float]:
         """One encoder pass over a `window`-frame window instead of 30 s, then greedy decoding."""

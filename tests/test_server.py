@@ -1,9 +1,11 @@
 """`voicebot serve` end to end: a real server on 127.0.0.1 with the real warmed agent and a real SQLite store,
 the Twilio simulator as the phone network, and a local fake of Twilio's REST API behind the real twilio client.
 
-The sample calls run at SPEED times real time (the server paces against the call's media clock, so the bot's
-timing scales with the caller's); the three concurrent calls run in real time. Everything Twilio would check
-is checked: signatures, tokens, message shapes, chunk sizes and the lead of the audio sent ahead.
+Calls run in real time, as Twilio's do: the server paces against the media clock it hears and falls back on
+wall time when frames stall, so a sped-up caller on a thread the machine is slow to schedule made the server's
+wall-clock fallback run ahead of the caller's clock and the lead look longer than it is (CI failed on it).
+Everything Twilio would check is checked: signatures, tokens, message shapes, chunk sizes and the lead of the
+audio sent ahead.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ AC = "AC" + "5" * 32
 AUTH = "test-auth-token-0123456789abcdef"
 PUBLIC = "https://voicebot.test"
 HUMAN = "+15550100123"
-SPEED = 2.0
+SPEED = 1.0
 MAX_LEAD_MS = 200
 
 
@@ -165,12 +167,9 @@ async def until_idle(server: VoiceServer) -> None:
 def assert_paced(call: SimulatedCall) -> None:
     assert call.chunk_ms, "no audio reached the caller"
     assert min(call.chunk_ms) >= 20 and max(call.chunk_ms) <= 60, sorted(set(call.chunk_ms))
-    # The pacer keeps at most 160 ms ahead of the media clock it has heard (180 where playback restarts on a
-    # frame boundary); the clock it hears is late by however long the caller's frames took to reach it, which
-    # on a loaded machine is tens of ms now and then. So: nearly every chunk within the budget, and never a
-    # burst (a whole sentence sent at once would lead by seconds).
-    assert call.lead_ms(0.95) <= MAX_LEAD_MS, sorted(call.leads_ms)[-10:]
-    assert call.lead_ms(1.0) <= 2 * MAX_LEAD_MS, sorted(call.leads_ms)[-10:]
+    # The pacer keeps at most 160 ms ahead of the media clock it hears, 180 where playback restarts on a frame
+    # boundary (measured: p95 155-159 ms, at most 178 ms over the sample calls).
+    assert call.lead_ms(1.0) <= MAX_LEAD_MS, sorted(call.leads_ms)[-10:]
 
 
 def assert_expected(call: SimulatedCall, record: dict, expect: dict, fake: FakeTwilio) -> None:

@@ -170,7 +170,9 @@ FALLBACK_LINE = (
 )
 NOT_HEARD_LINE = "Sorry, I didn't catch that. Could you say it again?"
 # The second time in a row: a way forward that works on any line (a staff request is always understood).
-NOT_HEARD_AGAIN_LINE = "Sorry, I still didn't catch that. To talk to a colleague, just say: a colleague, please."
+NOT_HEARD_AGAIN_LINE = (
+    "Sorry, I didn't catch that again. I can put you through to a colleague if you say: a colleague, please."
+)
 ANYTHING_ELSE = "Is there anything else I can help with?"
 # The first sentence of a new ticket's line, by category. A company names its own categories (the KB's
 # `ticket_categories`), so any name works: the generic ones below get their own words ("Billing", "billing"

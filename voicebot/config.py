@@ -88,7 +88,7 @@ class VoiceSettings:
     # on six businesses' caller lines it cut WER from 0.302 to 0.254, but it turned a sample call's "mm-hm" into
     # a word ("Emin.") that then took a turn; turn it on where brand names matter more than that risk.
     stt_vocabulary: bool = False
-    barge_in_ms: int = 300
+    barge_in_ms: int = 250
     barge_in_guard_ms: int = 300
     dtmf_map: str = "0=human"
 

@@ -235,7 +235,7 @@ Action = (
 
 @dataclass(frozen=True)
 class SessionOptions:
-    barge_in_ms: int = 300  # caller speech (as the VAD hears it) needed to interrupt the bot
+    barge_in_ms: int = 250  # caller speech (as the VAD hears it) needed to interrupt the bot
     barge_in_guard_ms: int = 300  # speech starting this soon after the bot starts talking never interrupts
     preroll_ms: int = 300  # audio kept before the VAD's speech onset so the first syllable is transcribed
     max_turn_ms: int = 30_000  # a turn longer than this is cut and answered

@@ -2,9 +2,10 @@
 
 The VAD hears silence; it cannot tell a caller who has finished from one who is drawing breath mid-sentence
 ("You charged me twice on my last bill and ... I want a refund"). Whisper's transcript of the words so far can:
-it punctuates finished sentences, and a sentence that stops on "and", "the", "because", a comma or a cut word
-is not finished. The session waits `SessionOptions.end_ms` of silence after finished-sounding words and
-`unfinished_end_ms` after these.
+a sentence that stops on "and", "the", "because", a comma or a cut word is not finished. Missing closing
+punctuation is no sign: Whisper leaves it out of short lines ("Okay, thank you very much. Goodbye"). The
+session waits `SessionOptions.end_ms` of silence after finished-sounding words and `unfinished_end_ms` after
+these.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class Ending(enum.StrEnum):
     """How the words so far end."""
 
     QUESTION = "question"  # a question mark: the caller has asked
-    FINISHED = "finished"  # a closing full stop or exclamation mark on words that can end a sentence
-    UNFINISHED = "unfinished"  # no closing punctuation, a comma, a cut word, or an open ending word
+    FINISHED = "finished"  # words that can end a sentence (Whisper often leaves the last full stop out)
+    UNFINISHED = "unfinished"  # a trailing comma, a cut word or an open ending word ("and", "the")
 
 
 def ending(text: str) -> Ending:
@@ -72,7 +73,7 @@ def ending(text: str) -> Ending:
         return Ending.UNFINISHED
     if stripped.endswith("?"):
         return Ending.QUESTION
-    if stripped.endswith(("...", "…", "-", "—", ",", ";", ":")) or not stripped.endswith((".", "!")):
+    if stripped.endswith(("...", "…", "-", "—", ",", ";", ":")):
         return Ending.UNFINISHED
     words = _WORD.findall(stripped.lower())
     if words and words[-1] in OPEN_ENDINGS:

@@ -93,7 +93,8 @@ class StreamTransport:
     (the latest inbound frame's timestamp), which runs in real time on a real call and as fast as the
     simulator streams in a sped-up test; wall time since the stream started takes over if inbound frames
     stall. `clear` drops the queued audio and goes out at once; queued marks follow it, so Twilio echoes
-    every mark the session sent exactly once.
+    every mark the session sent exactly once. `pause` stops sending audio (Twilio plays out the little it
+    has) and keeps the rest queued for `resume`; a `clear` ends a pause.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class StreamTransport:
         self._started = time.monotonic()
         self._media_ms = 0.0
         self._played_until_ms = 0.0  # media time at which everything sent so far has been played
+        self._paused = False
         self._pacer: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -143,7 +145,15 @@ class StreamTransport:
         marks = [item for item in self._queue if isinstance(item, str)]
         self._queue = deque(marks)
         self._played_until_ms = self._now_ms()  # Twilio empties its buffer at once
+        self._paused = False
         await self._send(clear_message(self.stream_sid))
+        self._wake.set()
+
+    async def pause(self) -> None:
+        self._paused = True
+
+    async def resume(self) -> None:
+        self._paused = False
         self._wake.set()
 
     async def transfer(self, reason: str) -> None:
@@ -175,6 +185,10 @@ class StreamTransport:
             self._played_until_ms = max(self._played_until_ms, now)
             lead = self._played_until_ms - now
             item = self._queue[0]
+            if isinstance(item, bytes) and self._paused:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             if isinstance(item, bytes) and lead >= LEAD_MS:
                 self._wake.clear()
                 # Not asyncio.wait_for: on Python 3.11 it loses a cancel that lands as the event is set, and

@@ -230,6 +230,36 @@ def test_closing_the_transport_as_a_frame_arrives_never_hangs():
     asyncio.run(scenario())
 
 
+def test_a_paused_transport_sends_no_audio_until_resumed_and_a_clear_ends_the_pause():
+    async def scenario() -> None:
+        line = _Line()
+        transport = StreamTransport(line, "MZ1", "CA1", CallControl("", ""), "", ServerMetrics())
+        transport.start()
+        await transport.play(np.zeros(800, np.int16))  # 100 ms: sent at once, within the lead
+        await transport.mark("t1-s1")
+        await asyncio.sleep(0.02)
+        await transport.pause()
+        await transport.play(np.zeros(800, np.int16))
+        await transport.mark("t1-s2")
+        for t in range(20, 400, 20):  # the caller's frames go on arriving
+            transport.media_time(t)
+            await asyncio.sleep(0.005)
+        kinds = [type(parse_outbound(m, "MZ1")).__name__ for m in line.sent]
+        assert kinds == ["Play"] * 3 + ["Mark"], "audio queued while paused waits, the mark behind it too"
+        await transport.resume()
+        await asyncio.sleep(0.02)
+        kinds = [type(parse_outbound(m, "MZ1")).__name__ for m in line.sent]
+        assert kinds == ["Play"] * 3 + ["Mark"] + ["Play"] * 3 + ["Mark"], "resumed where it stopped"
+        await transport.pause()
+        await transport.clear()
+        await transport.play(np.zeros(800, np.int16))
+        await asyncio.sleep(0.02)
+        assert type(parse_outbound(line.sent[-1], "MZ1")).__name__ == "Play", "the next reply plays after a clear"
+        await transport.close()
+
+    asyncio.run(scenario())
+
+
 def test_metrics_render_prometheus_text():
     registry = Registry()
     registry.counter("x_total", "Things.", ("kind",)).inc(kind='a"b')
@@ -449,7 +479,8 @@ def test_shutdown_with_a_live_call(settings, agent, fake_twilio):
 
 @pytest.mark.parametrize("wav", CALLS, ids=[c.stem for c in CALLS])
 def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
-    expect = json.loads(wav.with_suffix(".json").read_text())["expect"]
+    sidecar = json.loads(wav.with_suffix(".json").read_text())
+    expect = sidecar["expect"]
 
     async def scenario(server: VoiceServer) -> None:
         call = await place_call(server, wav, speed=SPEED, heard_wav=tmp_path / "heard.wav")
@@ -458,6 +489,9 @@ def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
         assert record is not None and record["channel"] == "twilio" and record["caller"] == "+1555***0199"
         assert_expected(call, record, expect, fake_twilio)
         assert_paced(call)
+        if not any(step.get("continues") for step in sidecar["script"]):  # (a withdrawn reply may clear too)
+            cut = int(expect["greeting_interrupted"]) + len(expect["interrupted_turns"])
+            assert call.clears == cut, "a clear for every reply cut, and none for a backchannel or a noise"
         assert (tmp_path / "heard.wav").stat().st_size > 44
         answered = [t for t in call.latencies if t.first_audio_ms is not None]
         assert len(answered) >= len(expect["turns"])

@@ -24,9 +24,11 @@ from voicebot.session import (
     DtmfIn,
     Hangup,
     MarkEchoed,
+    PauseAudio,
     PlayAudio,
     ReplyFinished,
     Respond,
+    ResumeAudio,
     SendMark,
     SentenceReady,
     SessionOptions,
@@ -88,6 +90,16 @@ class Driver:
         jobs = [a for a in out if isinstance(a, Transcribe)]
         assert jobs, f"expected a Transcribe action in {out}"
         return self.send(Transcribed(jobs[-1].job, Transcript(text, 0.01, -0.2), 300.0, self.t))
+
+    def until_peek(self, pcm: np.ndarray) -> tuple[list, np.ndarray]:
+        """Feed `pcm` until Whisper is asked to look at the speech over the bot; returns the actions and the
+        audio not yet fed."""
+        out: list = []
+        for start in range(0, pcm.size, FRAME):
+            out += self.audio(pcm[start : start + FRAME])
+            if of(Transcribe, out):
+                return out, pcm[start + FRAME :]
+        raise AssertionError(f"no peek while feeding {pcm.size / 8} ms: {out}")
 
     def speak(
         self, job: int, sentences: list[str], *, action: CallAction | None = None, finish: bool = True
@@ -192,11 +204,13 @@ def test_barge_in_clears_cancels_and_keeps_only_what_was_heard(vad, utterance):
     marks = d.speak(job, ["Hi, thanks for calling Northwind Shop.", "How can I help you today?"], finish=False)
     d.silence(600)
     d.send(MarkEchoed(marks[0], d.t))
-    out = d.audio(utterance[: 8 * 500])  # 500 ms of the caller talking over the second sentence
+    out, _ = d.until_peek(utterance)  # the caller talks over the second sentence
+    assert of(PauseAudio, out) and not of(ClearAudio, out), "the bot holds its audio before words are known"
+    out = d.answer_transcribe(out, "I would like")
     assert of(ClearAudio, out) and Cancel(job) in out
     (commit,) = of(CommitTurn, out)
     assert commit.interrupted and commit.spoken_text == "Hi, thanks for calling Northwind Shop."
-    assert 250 <= commit.latency_ms["barge_in"] <= 350
+    assert 150 <= commit.latency_ms["pause"] < commit.latency_ms["barge_in"] <= 350
     assert d.session.greeting_interrupted
     # Twilio returns the cleared mark: it must not count as heard.
     assert d.send(MarkEchoed(marks[1], d.t)) == []
@@ -209,11 +223,11 @@ def test_a_short_backchannel_neither_interrupts_nor_takes_a_turn(vad, utterance)
     d.silence(800)
     out = d.audio(utterance[: 8 * 220])  # ~220 ms of sound: "mm-hm"
     out += d.silence(300)
-    assert not of(ClearAudio, out)
+    assert of(PauseAudio, out) and not of(ClearAudio, out)
     out += d.answer_transcribe(out, "Mm-hmm.")
     out += d.silence(300)
     assert not of(ClearAudio, out) and not of(Respond, out)
-    assert d.session.bot_speaking
+    assert out[-1] == ResumeAudio() and d.session.bot_speaking, "the reply goes on where it paused"
 
 
 def test_speech_right_as_the_bot_starts_is_inside_the_guard_window(vad, utterance):
@@ -269,6 +283,7 @@ def test_silence_and_line_noise_start_no_turn(vad):
         ("Okay.", True),
         ("Yeah, right.", True),
         ("I see.", True),
+        ("Right, right, right, right.", True),
         ("Okay, but how long?", False),
         ("Yes, I want a refund for it", False),
         ("", False),
@@ -349,7 +364,8 @@ def test_speech_after_the_first_second_of_the_reply_is_a_barge_in(vad, utterance
     first = take_turn(d, utterance, "What are your opening hours?")
     d.speak(first.job, ["We are open nine to five.", "On Saturdays ten to two."], finish=False)
     d.silence(1200)
-    out = d.audio(utterance[: 8 * 500])
+    out, _ = d.until_peek(utterance)
+    out += d.answer_transcribe(out, "I would like")
     assert of(ClearAudio, out) and Cancel(first.job) in out and not of(Withdraw, out)
     (commit,) = of(CommitTurn, out)
     assert commit.interrupted
@@ -359,8 +375,7 @@ def test_a_noise_that_withdrew_the_reply_gets_the_turn_answered_after_all(vad, u
     d = Driver(vad)
     d.silence(200)
     first = take_turn(d, utterance, "Do you ship to Canada?")
-    d.speak(first.job, ["Yes, we ship to Canada."], finish=False)
-    out = d.audio(utterance[: 8 * 400])
+    out = d.audio(utterance[: 8 * 400])  # before any of the reply plays: nothing to pause, the reply is taken back
     assert Withdraw(first.job) in out
     out = d.silence(250)
     out += d.answer_transcribe(out, "Okay.")
@@ -386,3 +401,97 @@ def test_doubtful_words_are_passed_on_as_such_and_over_the_bot_are_noise(vad, ut
     out += d.send(Transcribed(jobs[-1].job, Transcript("Go for it.", 0.2, -1.85, doubtful=True), 9, d.t))
     out += d.silence(300)
     assert not of(Respond, out) and not of(ClearAudio, out) and d.session.bot_speaking
+
+
+def test_a_noise_in_the_first_second_of_the_reply_pauses_it_and_lets_it_go_on(vad, utterance):
+    d = Driver(vad)
+    d.silence(200)
+    first = take_turn(d, utterance, "Do you ship to Canada?")
+    d.speak(first.job, ["Yes, we ship to Canada."], finish=False)
+    out, rest = d.until_peek(utterance[: 8 * 400])
+    assert of(PauseAudio, out) and not of(Withdraw, out)
+    out = d.answer_transcribe(out, "Okay.") + d.audio(rest) + d.silence(250)
+    out += d.answer_transcribe(out, "Okay.")
+    out += d.silence(300)
+    assert out[-1] == ResumeAudio() and not of(Withdraw, out) and not of(Respond, out)
+
+
+def backchannel(d: Driver, pcm: np.ndarray, heard: str) -> list:
+    """The caller makes `pcm`'s sound over the bot; every look Whisper takes hears `heard`."""
+    out: list = []
+    for step in [d.audio(pcm[start : start + FRAME]) for start in range(0, pcm.size, FRAME)] + [d.silence(400)]:
+        out += step
+        for job in of(Transcribe, step):
+            out += d.send(Transcribed(job.job, Transcript(heard, 0.05, -0.3), 150.0, d.t))
+    return out + d.silence(300)
+
+
+@pytest.mark.parametrize(
+    ("ms", "heard"), [(300, "Mm."), (700, "Uh-huh."), (1100, "Right, right."), (1400, "Uh-huh, yeah.")]
+)
+def test_backchannels_up_to_a_second_and_a_half_pause_the_reply_and_resume_it(vad, utterance, ms, heard):
+    d = Driver(vad)
+    job = greet(d)
+    d.speak(job, ["Returns are free within seven days.", "Items must be unopened."])
+    d.silence(800)
+    out = backchannel(d, utterance[: 8 * ms], heard)
+    assert of(PauseAudio, out) and of(ResumeAudio, out) and not of(ClearAudio, out) and not of(Respond, out)
+    assert d.session.bot_speaking and not of(CommitTurn, out)
+    assert len(of(Transcribe, out)) > (2 if ms > 500 else 1), "Whisper looked at the words as the sound went on"
+
+
+def test_speech_over_the_bot_past_the_backchannel_limit_interrupts_whatever_its_words(vad, utterance):
+    d = Driver(vad, SessionOptions(backchannel_max_ms=1200))
+    job = greet(d)
+    d.speak(job, ["Returns are free within seven days.", "Items must be unopened."], finish=False)
+    d.silence(800)
+    out: list = []
+    for start in range(0, 8 * 1800, FRAME):
+        step = d.audio(utterance[start : start + FRAME])
+        out += step
+        for peek in of(Transcribe, step):
+            out += d.send(Transcribed(peek.job, Transcript("Mm-hmm.", 0.05, -0.3), 150.0, d.t))
+        if of(ClearAudio, out):
+            break
+    assert of(ClearAudio, out) and Cancel(job) in out
+    (commit,) = of(CommitTurn, out)
+    assert 1200 <= commit.latency_ms["barge_in"] <= 1400
+
+
+def test_a_look_with_fewer_than_two_real_words_waits_for_more(vad, utterance):
+    d = Driver(vad)
+    job = greet(d)
+    d.speak(job, ["Returns are free within seven days.", "Items must be unopened."], finish=False)
+    d.silence(800)
+    out, rest = d.until_peek(utterance)
+    assert not of(ClearAudio, d.answer_transcribe(out, "Amen."))
+    out, rest = d.until_peek(rest)
+    assert not of(ClearAudio, d.answer_transcribe(out, "Right, right, right, stop."))
+    out, rest = d.until_peek(rest)
+    assert not of(ClearAudio, d.answer_transcribe(out, "It's right, okay."))
+    out, _ = d.until_peek(rest)
+    out += d.answer_transcribe(out, "Wait")
+    assert of(ClearAudio, out) and Cancel(job) in out, "a call to stop is enough"
+
+
+@pytest.mark.parametrize(("heard", "is_turn"), [("Wait.", True), ("Amen.", False), ("It's right, okay.", False)])
+def test_a_short_sound_over_the_bot_is_a_turn_only_if_it_says_something(vad, utterance, heard, is_turn):
+    d = Driver(vad)
+    job = greet(d)
+    d.speak(job, ["Returns are free within seven days.", "Items must be unopened."])
+    d.silence(800)
+    out = backchannel(d, utterance[: 8 * 400], heard)
+    assert bool(of(ClearAudio, out)) is is_turn and bool(of(ResumeAudio, out)) is not is_turn
+    assert [r.text for r in of(Respond, out)] == ([heard] if is_turn else [])
+
+
+@pytest.mark.parametrize(("ms", "asked_again"), [(300, False), (900, True)])
+def test_speech_whisper_cannot_read_is_asked_again_when_it_is_long_enough(vad, utterance, ms, asked_again):
+    d = Driver(vad)
+    d.silence(200)
+    out = d.audio(utterance[: 8 * ms]) + d.silence(300)
+    jobs = of(Transcribe, out)
+    unread = Transcript("on dust delivery", 0.9, -1.8, rejected="probably not speech")
+    out += d.send(Transcribed(jobs[-1].job, unread, 90.0, d.t))
+    out += d.silence(500)
+    assert [(r.kind, r.text) for r in of(Respond, out)] == ([(ReplyKind.TURN, "")] if asked_again else [])

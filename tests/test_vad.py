@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -193,6 +194,26 @@ def test_end_turn_ends_a_paused_turn_early_and_only_a_paused_one() -> None:
     assert not stream.in_speech and stream.paused_ms == 0 and stream.speech_ms == 0
     # What follows is a new turn with its own onset, not the resumption of the ended one.
     assert isinstance(stream.feed(np.zeros(8 * WINDOW, np.float32))[0], SpeechStart)
+
+
+def _level(db: float, windows: int, rng: np.random.Generator) -> np.ndarray:
+    return (rng.standard_normal(windows * WINDOW) * 10 ** (db / 20)).astype(np.float32)
+
+
+def test_a_low_score_well_over_the_noise_floor_is_speech_and_line_noise_never_is() -> None:
+    """The second look for whispered and quiet voices: Silero's 0.02-0.3 counts where the window is 10 dB over
+    the line's own floor (and stays speech at half of both); the same scores at the floor's level never do."""
+    rng = np.random.default_rng(3)
+    scores = [0.01] * 40 + [0.2, 0.05, 0.03, 0.08, 0.04, 0.06, 0.1, 0.05] + [0.01] * 20
+    loud = np.concatenate([_level(-45, 40, rng), _level(-30, 8, rng), _level(-45, 20, rng)])
+    events = VadStream(_ScriptedModel(scores), OPTIONS).feed(loud)
+    assert events[0] == SpeechStart(t_ms=45 * 32, onset_ms=40 * 32) and isinstance(events[-1], SpeechEnd)
+    assert VadStream(_ScriptedModel(scores), replace(OPTIONS, quiet_threshold=0)).feed(loud) == [], "off"
+    flat = _level(-45, len(scores), rng)
+    assert VadStream(_ScriptedModel([0.3] * len(scores)), OPTIONS).feed(flat) == [], "noise at its own level"
+    silent = np.concatenate([np.zeros(40 * WINDOW, np.float32), _level(-60, 28, rng)])
+    quiet_line = VadStream(_ScriptedModel([0.01] * 40 + [0.05] * 28), OPTIONS).feed(silent)
+    assert quiet_line == [], "digital silence sets no floor: the line noise after it is no speech"
 
 
 def test_options_from_settings_and_validation() -> None:

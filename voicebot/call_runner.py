@@ -30,9 +30,11 @@ from voicebot.session import (
     CommitTurn,
     Event,
     Hangup,
+    PauseAudio,
     PlayAudio,
     ReplyFinished,
     Respond,
+    ResumeAudio,
     SendMark,
     SentenceReady,
     Transcribe,
@@ -50,6 +52,8 @@ class Transport(Protocol):
     async def play(self, pcm: np.ndarray) -> None: ...
     async def mark(self, name: str) -> None: ...
     async def clear(self) -> None: ...
+    async def pause(self) -> None: ...
+    async def resume(self) -> None: ...
     async def transfer(self, reason: HandoffReason) -> None: ...
     async def hangup(self) -> None: ...
 
@@ -125,6 +129,10 @@ class CallRunner:
                 await self.transport.mark(action.name)
             case ClearAudio():
                 await self.transport.clear()
+            case PauseAudio():
+                await self.transport.pause()
+            case ResumeAudio():
+                await self.transport.resume()
             case Transcribe():
                 self._start(action.job, self._transcribe, action)
             case Respond():

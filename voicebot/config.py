@@ -81,15 +81,22 @@ class VoiceSettings:
     vad_end_ms: int = 450
     vad_question_end_ms: int = 300
     vad_unfinished_end_ms: int = 1000
+    # A second look for voices Silero scores low (whispered, quiet): a window at least vad_quiet_threshold likely
+    # to be speech counts when it is vad_quiet_snr_db louder than the call's noise floor (0 turns this off).
+    vad_quiet_threshold: float = 0.04
+    vad_quiet_snr_db: float = 10.0
     continuation_ms: int = 1000
-    # Barge-in: caller speech interrupts the bot once it has lasted barge_in_ms, unless it began within
-    # barge_in_guard_ms of the bot starting to talk. dtmf_map maps keypad digits to meanings ("0=human").
     # Prompt Whisper with the KB's names (company, brands, plans) written as a call's opening. Off by default:
     # on six businesses' caller lines it cut WER from 0.302 to 0.254, but it turned a sample call's "mm-hm" into
     # a word ("Emin.") that then took a turn; turn it on where brand names matter more than that risk.
     stt_vocabulary: bool = False
+    # Barge-in: caller speech over the bot pauses it at once (unless it began within barge_in_guard_ms of the
+    # bot starting to talk); Whisper looks at its words every barge_in_ms of speech: real words interrupt, a
+    # backchannel or noise lets the reply go on. Speech lasting backchannel_max_ms interrupts regardless.
+    # dtmf_map maps keypad digits to meanings ("0=human").
     barge_in_ms: int = 250
     barge_in_guard_ms: int = 300
+    backchannel_max_ms: int = 1500
     dtmf_map: str = "0=human"
 
 

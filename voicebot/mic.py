@@ -90,6 +90,14 @@ class DuplexBridge:
             for name in marks:
                 self._runner.push(MarkEchoed(name, time.monotonic()))
 
+    async def pause(self) -> None:
+        with self._lock:
+            self._playback.hold(0)  # the local speaker has nothing in flight beyond this block: stop now
+
+    async def resume(self) -> None:
+        with self._lock:
+            self._playback.release()
+
     async def transfer(self, reason: str) -> None:
         self.transferred = reason
 

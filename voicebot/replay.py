@@ -21,7 +21,7 @@ import numpy as np
 from voicebot.agent import VoiceAgent
 from voicebot.audio import Resampler, read_wav, ulaw_decode, ulaw_encode
 from voicebot.call_runner import CallRunner
-from voicebot.playback import PlaybackBuffer
+from voicebot.playback import SENT_AHEAD_MS, PlaybackBuffer
 from voicebot.session import AudioIn, CallerHungUp, CallStarted, DtmfIn, MarkEchoed
 from voicebot.store import new_call_id
 
@@ -68,6 +68,12 @@ class VirtualPhone:
 
     async def clear(self) -> None:
         self.cleared_marks += self.buffer.clear()
+
+    async def pause(self) -> None:
+        self.buffer.hold(SENT_AHEAD_MS * RATE // 1000)  # what the server would already have sent still plays
+
+    async def resume(self) -> None:
+        self.buffer.release()
 
     async def transfer(self, reason: str) -> None:
         self.transferred = reason

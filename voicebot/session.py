@@ -10,10 +10,12 @@ Turn-taking, in short:
 - VAD `SpeechPause` (≈200 ms of silence) starts a speculative transcription; `SpeechResume` drops it;
   `SpeechEnd` (≈450 ms) ends the turn, usually with the transcript already there. A transcript that ends in
   a question mark ends the turn sooner, after `question_end_ms` of silence: the caller has asked.
-- While the bot speaks, caller speech interrupts it (barge-in) once it has lasted `barge_in_ms` and began
-  after the protection window; shorter sounds ("mm-hm", a cough) never do, and a finished utterance that is
-  only a backchannel creates no turn. Barge-in sends `clear`, cancels the reply's work and records the reply
-  cut to the sentences whose marks came back before the clear.
+- While the bot speaks, caller speech that began after the protection window pauses it at once: no new audio
+  is sent, so the caller hears at most what the phone has buffered. Whisper then looks at the speech so far
+  (a "peek" every `barge_in_ms` of it): real words interrupt (barge-in); a backchannel ("mm-hm", "right,
+  right"), a cough or a noise resumes the reply where it paused once the sound is over, with no `clear`.
+  Speech that goes on past `backchannel_max_ms` interrupts whatever the peeks said. Barge-in sends `clear`,
+  cancels the reply's work and records the reply cut to the sentences whose marks came back before it.
 - A farewell's hang-up or a hand-off's transfer happens only once the reply's last mark has come back.
 """
 
@@ -65,10 +67,25 @@ BACKCHANNEL_WORDS = frozenset(
 )
 
 
+STOP_WORDS = frozenset({"stop", "wait", "hold", "no", "hello", "sorry", "pardon", "what", "excuse"})
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower().replace("-", ""))
+
+
 def is_backchannel(text: str) -> bool:
-    """True for listener noises ("mm-hm", "okay", "I see") that acknowledge the speaker, not take the turn."""
-    words = re.findall(r"[a-z]+", text.lower().replace("-", ""))
-    return 0 < len(words) <= 3 and all(w in BACKCHANNEL_WORDS for w in words)
+    """True for listener noises ("mm-hm", "okay", "I see", "right, right, right") that acknowledge the
+    speaker, not take the turn."""
+    words = _words(text)
+    return 0 < len(words) <= 5 and all(w in BACKCHANNEL_WORDS for w in words)
+
+
+def says_something(text: str) -> bool:
+    """Two words or more that are not listener noises ("I would like", "wait, how"). Whisper's reading of
+    speech still going on often ends in an invented or cut word ("Right, right, right, stop."), so one such
+    word is not enough to cut the bot off."""
+    return sum(w not in BACKCHANNEL_WORDS for w in _words(text)) >= 2
 
 
 def _rounded(ms: float | None) -> float | None:
@@ -158,6 +175,16 @@ class ClearAudio:
 
 
 @dataclass(frozen=True)
+class PauseAudio:
+    """Stop sending the bot's audio and keep the rest queued: the caller may only be saying "mm-hm"."""
+
+
+@dataclass(frozen=True)
+class ResumeAudio:
+    """Send the queued audio again from where it paused: the caller's sound was no turn."""
+
+
+@dataclass(frozen=True)
 class Transcribe:
     job: int
     audio: np.ndarray  # float32, 16 kHz mono
@@ -219,6 +246,8 @@ Action = (
     PlayAudio
     | SendMark
     | ClearAudio
+    | PauseAudio
+    | ResumeAudio
     | Transcribe
     | Respond
     | Cancel
@@ -235,7 +264,8 @@ Action = (
 
 @dataclass(frozen=True)
 class SessionOptions:
-    barge_in_ms: int = 250  # caller speech (as the VAD hears it) needed to interrupt the bot
+    barge_in_ms: int = 250  # caller speech (as the VAD hears it) before Whisper first looks at its words
+    backchannel_max_ms: int = 1500  # speech over the bot this long interrupts it, whatever its words
     barge_in_guard_ms: int = 300  # speech starting this soon after the bot starts talking never interrupts
     preroll_ms: int = 300  # audio kept before the VAD's speech onset so the first syllable is transcribed
     max_turn_ms: int = 30_000  # a turn longer than this is cut and answered
@@ -243,10 +273,16 @@ class SessionOptions:
     end_ms: int = 450  # a pause this long ends a turn whose words sound finished
     unfinished_end_ms: int = 1000  # words that sound unfinished ("... and", "the", a comma) wait this long
     continuation_ms: int = 1000  # speech this soon after the reply starts playing continues the caller's turn
+    unread_turn_ms: int = 600  # speech this long that Whisper cannot read (a whisper) is asked again, not ignored
     dtmf_map: dict[str, str] = field(default_factory=lambda: {"0": "human"})
     sorry_prompt: str = "Sorry, go ahead."
 
     def __post_init__(self) -> None:
+        if self.barge_in_ms <= 0 or self.backchannel_max_ms < self.barge_in_ms:
+            raise ValueError(
+                "barge-in needs 0 < voice.barge_in_ms <= voice.backchannel_max_ms; "
+                f"got {self.barge_in_ms} and {self.backchannel_max_ms}"
+            )
         if not 0 < self.end_ms <= self.unfinished_end_ms or self.continuation_ms < 0:
             raise ValueError(
                 "turn ends need 0 < voice.vad_end_ms <= voice.vad_unfinished_end_ms and voice.continuation_ms >= 0; "
@@ -291,6 +327,8 @@ class _CallerTurn:
     during_bot: bool = False  # began while the bot was talking: a backchannel here is not a turn
     barged_in: bool = False  # this speech already interrupted the bot
     continues: str | None = None  # the words of the turn this speech goes on with (their reply withdrawn)
+    peek_job: int | None = None  # Whisper looking at the speech so far, while the bot is paused over it
+    peeked_ms: int = 0  # the VAD's speech_ms when the last peek started
 
 
 class CallSession:
@@ -314,6 +352,7 @@ class CallSession:
         self._answering: tuple[int, str] | None = None  # job and caller text of the reply to the latest turn
         self._cleared_marks: set[str] = set()
         self._pending_action: tuple[CallAction, HandoffReason | None] | None = None
+        self._paused = False  # the bot's audio is held while the caller makes a sound over it
         self.ended = False
         self.greeting_played: str | None = None
         self.greeting_interrupted = False
@@ -427,6 +466,8 @@ class CallSession:
 
     def _on_transcribed(self, event: Transcribed) -> list[Action]:
         caller = self._caller
+        if caller is not None and caller.peek_job == event.job:
+            return self._on_peek(caller, event)
         if caller is None or caller.stt_job != event.job:
             return []  # stale: the caller went on talking after the pause
         caller.transcript, caller.stt_compute_ms, caller.stt_ready_now = event.transcript, event.compute_ms, event.now
@@ -464,6 +505,12 @@ class CallSession:
         caller = self._caller
         assert caller is not None and caller.transcript is not None
         self._caller = None
+        if caller.peek_job is not None:
+            return [Cancel(caller.peek_job), *self._answer(caller, now)]
+        return self._answer(caller, now)
+
+    def _answer(self, caller: _CallerTurn, now: float) -> list[Action]:
+        assert caller.transcript is not None
         transcript = caller.transcript
         continued = self._still_continuable(caller)
         over_bot = caller.during_bot or continued
@@ -473,7 +520,10 @@ class CallSession:
                 return self._respond(ReplyKind.TURN, caller.continues or "", now)
             if caller.barged_in and self._bot is None:
                 return self._respond(ReplyKind.PROMPT, self.options.sorry_prompt, now)
-            return []
+            heard_ms = (caller.speech_end_ms or caller.onset_ms) - caller.onset_ms
+            if not over_bot and self._bot is None and heard_ms >= self.options.unread_turn_ms:
+                return self._respond(ReplyKind.TURN, "", now)  # a voice Whisper cannot read: ask again
+            return self._resume()
         actions: list[Action] = []
         text = transcript.text
         if continued:  # the caller went on with the turn just answered: answer the whole of it once
@@ -490,11 +540,14 @@ class CallSession:
         return actions
 
     def _is_noise(self, caller: _CallerTurn, transcript: Transcript) -> bool:
-        """Speech over the bot that is no turn: a backchannel ("mm-hm"), words Whisper was unsure of, or a sound
-        too short to pass the barge-in gate that came out as a single word (a hum heard as "Amen.")."""
+        """Speech over the bot that is no turn: a backchannel ("mm-hm"), words Whisper was unsure of, or, where
+        no look at it found words, fewer than two real words and no call to stop (a hum heard as "Amen.",
+        "right, right, okay" heard as "it's right, okay"; but "Wait!" is a turn)."""
         if is_backchannel(transcript.text) or transcript.doubtful:
             return True
-        return not caller.barged_in and len(transcript.text.split()) < 2
+        if caller.barged_in or says_something(transcript.text):
+            return False
+        return not STOP_WORDS.intersection(_words(transcript.text))
 
     # ------------------------------------------------------------ continuations
 
@@ -522,6 +575,7 @@ class CallSession:
         actions: list[Action] = []
         if bot.started_now is not None:
             actions.append(ClearAudio())
+            self._paused = False
             self._cleared_marks.update(mark for _, mark in bot.sentences if mark not in bot.echoed)
         actions.append(Withdraw(bot.job))
         self._bot, self._answering, self._pending_action = None, None, None
@@ -533,23 +587,57 @@ class CallSession:
         caller, bot = self._caller, self._bot
         if caller is None or caller.barged_in or not self.vad.in_speech:
             return []
-        if self.vad.speech_ms < self.options.barge_in_ms:
-            return []
-        if caller.continues is not None and self._still_continuable(caller):
-            caller.barged_in = True  # the caller is going on: the reply is premature, whether it plays or not
-            return self._withdraw()
+        continuing = caller.continues is not None and self._still_continuable(caller)
         if not self.bot_speaking:
+            if continuing and self.vad.speech_ms >= self.options.barge_in_ms:
+                return self._interrupt(caller)  # nothing of the reply plays yet: take it back
             return []
         assert bot is not None and bot.started_media_ms is not None
-        if bot.started_media_ms <= caller.onset_ms < bot.started_media_ms + self.options.barge_in_guard_ms:
+        in_guard = bot.started_media_ms <= caller.onset_ms < bot.started_media_ms + self.options.barge_in_guard_ms
+        if in_guard and not continuing:
             return []  # began right as the bot started: line echo or a false start, not an interruption
+        actions: list[Action] = []
+        if not self._paused:
+            self._paused = True
+            bot.latency["pause"] = float(self._media_ms - caller.onset_ms)
+            bot.latency["pause_at_media_ms"] = float(self._media_ms)
+            actions.append(PauseAudio())
+        if self.vad.speech_ms >= self.options.backchannel_max_ms:
+            return actions + self._interrupt(caller)
+        if caller.peek_job is None and self.vad.speech_ms >= caller.peeked_ms + self.options.barge_in_ms:
+            caller.peek_job, caller.peeked_ms = next(self._jobs), self.vad.speech_ms
+            actions.append(Transcribe(caller.peek_job, self._turn_audio(self._media_ms)))
+        return actions
+
+    def _on_peek(self, caller: _CallerTurn, event: Transcribed) -> list[Action]:
+        """Whisper's look at speech over the paused bot: real words interrupt; anything else waits to see."""
+        caller.peek_job = None
+        transcript = event.transcript
+        if caller.barged_in or not self._paused or not transcript.usable or transcript.doubtful:
+            return []  # the caller hears silence meanwhile: a later look or the turn's end decides
+        words = _words(transcript.text)
+        if says_something(transcript.text) or (words and words[0] in STOP_WORDS):
+            return self._interrupt(caller)  # "I would like", "Wait", "Sorry": real words
+        return []  # a backchannel, or a hum heard as "Amen"
+
+    def _interrupt(self, caller: _CallerTurn) -> list[Action]:
+        """The caller is taking the turn: take back the reply they are going on with, or barge in on it."""
+        continuing = caller.continues is not None and self._still_continuable(caller)
         caller.barged_in = True
-        return self._barge_in(caller)
+        return self._withdraw() if continuing else self._barge_in(caller)
+
+    def _resume(self) -> list[Action]:
+        """The sound over the bot was no turn: let the reply go on where it paused."""
+        if not self._paused:
+            return []
+        self._paused = False
+        return [ResumeAudio()]
 
     def _barge_in(self, caller: _CallerTurn | None = None) -> list[Action]:
         """Stop talking: clear the phone's buffer, cancel the reply's work, record what was heard."""
         bot = self._bot
         actions: list[Action] = [ClearAudio()]
+        self._paused = False  # the clear dropped what was held
         if bot is None:
             return actions
         if caller is not None:  # media time from the caller's first sound (as the VAD heard it) to our clear
@@ -639,7 +727,7 @@ class CallSession:
         if bot is None or not bot.all_played:
             return []
         self._bot = None
-        actions = self._commit(bot, interrupted=False)
+        actions = self._resume() + self._commit(bot, interrupted=False)  # all it had sent was heard
         if self._pending_action is not None:
             actions += self._do_pending_action()
         return actions

@@ -152,7 +152,10 @@ class WhisperTranscriber:
             rejected = f"probably not speech (no_speech_prob {no_speech:.2f}, avg_logprob {logprob:.2f})"
         elif _normalise(text) in SILENCE_PHRASES:
             rejected = f"stock phrase Whisper invents on silence: {text!r}"
-        doubtful = rejected is None and len(text.split()) >= 2 and logprob < self.options.doubtful_logprob
+        # A decode stuck repeating itself ("uh uh uh ..." for a short "uh-huh, yeah") is no reading of the words,
+        # however sure of itself Whisper is.
+        unsure = len(text.split()) >= 2 and logprob < self.options.doubtful_logprob
+        doubtful = rejected is None and (unsure or _looping(text))
         return Transcript(text, no_speech, logprob, rejected, doubtful)
 
     def _transcribe_short(self, features: np.ndarray, window: int) -> tuple[str, float, float]:

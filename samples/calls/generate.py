@@ -200,6 +200,8 @@ class Say:
     voice: Voice | None = None  # defaults to the call's voice
     max_ms: int | None = None  # the trimmed clip may be no longer (a backchannel)
     continues: bool = False  # goes on with the utterance before: one turn with it, not a turn of its own
+    backchannel: bool = False  # a listener's noise over the bot ("mm-hm"): no turn, no interruption
+    exact: bool = True  # Whisper must get every word (not so for a backchannel or a mumbled line)
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,7 @@ def define_calls(kb: dict[str, str]) -> list[Call]:
     rms = Voice("flite", "rms", level_dbfs=-19)
     awb = Voice("flite", "awb", level_dbfs=-20)
     f5 = Voice("espeak-ng", "en-us+f5", speed=150, pitch=60, level_dbfs=-21)
+    m3_quick = Voice("espeak-ng", "en-us+m3", speed=185, pitch=45)  # backchannels come quicker than questions
     backchannel_question = {
         "international_shipping": "hi, do you ship internationally?",
     }.get(longest)
@@ -314,6 +317,8 @@ def define_calls(kb: dict[str, str]) -> list[Call]:
                     after_ms=ANSWER_START_MS + 2000,
                     voice=Voice("espeak-ng", "en+m7", speed=260, pitch=40, level_dbfs=-20),
                     max_ms=300,
+                    backchannel=True,
+                    exact=False,
                 ),
             ],
             expect([faq(longest)]),
@@ -415,6 +420,55 @@ def define_calls(kb: dict[str, str]) -> list[Call]:
             tail_ms=answer_gap_ms(kb, "international_shipping"),
         ),
         Call(
+            "backchannels",
+            f"The caller asks a question with the KB's longest answer ({longest}) and, while the bot answers, "
+            "says 'mm-hm', 'uh-huh, yeah' and 'right, right, okay' (0.3-1.5 s each): the bot holds its audio "
+            "while each sounds and goes on where it paused. One turn, never interrupted, no clear.",
+            m3,
+            [
+                Say(backchannel_question, at_ms=CALLER_START_MS),
+                *(
+                    Say(text, after_ms=after, voice=m3_quick, backchannel=True, exact=False, max_ms=1500)
+                    for text, after in (
+                        ("mm-hm", ANSWER_START_MS + 1500),
+                        ("uh-huh, yeah", 1500),
+                        ("right, right, okay", 1500),
+                    )
+                ),
+            ],
+            expect([faq(longest)]),
+            tail_ms=answer_gap_ms(kb, longest),
+        ),
+        Call(
+            "mumbled",
+            "A line mumbled past recognition: whatever Whisper makes of it, it must not open a ticket, transfer "
+            "or hang up; the bot asks again (or at most says what it cannot answer).",
+            Voice("espeak-ng", "en-us+m3", speed=260, pitch=30, level_dbfs=-26),
+            [Say("mrm the thm wmbl nrr my mm grnf wth th", at_ms=CALLER_START_MS, exact=False)],
+            expect([{"route_in": ["repeat", "llm", "fallback"]}]),
+            tail_ms=REPLY_GAP_MS,
+        ),
+        Call(
+            "quiet_voice",
+            "A quiet, robotic voice (flite kal16 at -30 dBFS, 10 dB under a typical caller) asks a KB question: "
+            "it must be heard, never met with silence. Whisper reads it right at most frame alignments (the KB "
+            "answer) and mishears it at some ('powder every said my password'): then it asks again.",
+            Voice("flite", "kal16", level_dbfs=-30),
+            [Say("how do I reset my password?", at_ms=CALLER_START_MS)],
+            expect([{"route_in": ["faq", "repeat"]}]),
+            tail_ms=answer_gap_ms(kb, "password_reset"),
+        ),
+        Call(
+            "whispered",
+            "A whispered question (espeak-ng's whisper voice at -30 dBFS), which Silero alone scores under 0.5 in "
+            "almost every window: the VAD's second look at windows well over the line's noise floor hears it, so "
+            "the caller gets an answer or is asked again, never silence.",
+            Voice("espeak-ng", "en+whisperf", speed=150, pitch=50, level_dbfs=-30),
+            [Say("how long does delivery take?", at_ms=CALLER_START_MS, exact=False)],
+            expect([{"route_in": ["faq", "llm", "fallback", "repeat"]}]),
+            tail_ms=REPLY_GAP_MS,
+        ),
+        Call(
             "llm_grounded",
             "A question the KB covers only in part, in the caller's own words. With the KB's calibrated thresholds "
             "it may reach the read-as-written band (route faq); at stricter ones the LLM answers from the closest "
@@ -460,9 +514,8 @@ def render(call: Call) -> tuple[np.ndarray, dict[str, object]]:
         at = event.at_ms if event.at_ms is not None else cursor + event.after_ms
         end = at + round(clip.size * 1000 / RATE)
         placed.append((at, clip))
-        script.append(
-            {"at_ms": at, "end_ms": end, "say": event.text, **({"continues": True} if event.continues else {})}
-        )
+        flags = {name: True for name in ("continues", "backchannel") if getattr(event, name)}
+        script.append({"at_ms": at, "end_ms": end, "say": event.text, **flags})
         cursor = end
     duration_ms = call.duration_ms or cursor + call.tail_ms
     n = duration_ms * RATE // 1000
@@ -582,6 +635,7 @@ def check(calls: list[Call], sidecars: dict[str, dict[str, object]]) -> int:
         turns = list(sidecar["expect"]["turns"])  # type: ignore[index]
         used: set[int] = set()
         script = list(sidecar["script"])  # type: ignore[arg-type]
+        says = call.script  # the same events in the same order
         said_so_far = ""  # the turn's words, continuations included
         for number, event in enumerate(script):
             if "dtmf" in event:
@@ -591,13 +645,11 @@ def check(calls: list[Call], sidecars: dict[str, dict[str, object]]) -> int:
                     problem(f"DTMF at {event['at_ms']} ms does not match the expected turn {turn}")
                 continue
             at, end, text = event["at_ms"], event["end_ms"], event["say"]
-            backchannel = end - at <= 300
+            backchannel = bool(event.get("backchannel"))
             hits = [k for k, (a, b, _n) in enumerate(segments) if a < end + 100 and b > at - 100]
             used.update(hits)
             if len(hits) != 1:
                 problem(f"{text!r} is {len(hits)} VAD segments, not 1")
-            elif backchannel and segments[hits[0]][2] >= 300:
-                problem(f"backchannel {text!r} has {segments[hits[0]][2]} ms of speech, not under 300")
             elif not backchannel and (segments[hits[0]][0] > at + 300 or segments[hits[0]][1] < end - 300):
                 problem(f"the VAD hears only {segments[hits[0]][:2]} of {text!r} at {at}-{end} ms")
             heard = transcriber.transcribe(x16[max(0, (at - 200) * 16) : (end + 300) * 16])
@@ -606,7 +658,7 @@ def check(calls: list[Call], sidecars: dict[str, dict[str, object]]) -> int:
             print(f"  {at:>6}-{end:<6} said:  {text!r}\n{'':16}heard: {heard.text!r}  ({errors} word errors){verdict}")
             if backchannel:
                 continue
-            if errors:
+            if errors and says[number].exact:
                 problem("Whisper did not get every word")
             said_so_far = f"{said_so_far} {heard.text}" if event.get("continues") else heard.text
             if number + 1 < len(script) and script[number + 1].get("continues"):

@@ -69,9 +69,9 @@ def test_barge_in_cuts_an_answer_to_the_sentences_heard(agent):
 
 
 def assert_paused_at_once(latency: dict) -> None:
-    """The bot stops sending as soon as the VAD is sure of speech (150 ms of it), and clears once Whisper
-    has read real words in it (VAD onset to each, in media time)."""
-    assert 150 <= latency["pause"] <= 250 and latency["pause"] < latency["barge_in"]
+    """The bot stops sending once the VAD has heard ~100 ms of sound over it, and clears once Whisper has read
+    real words in it (VAD onset to each, in media time)."""
+    assert 90 <= latency["pause"] <= 160 and latency["pause"] < latency["barge_in"]
 
 
 def assert_silent_while_talked_over(heard: np.ndarray, line: dict) -> None:
@@ -87,7 +87,7 @@ def test_backchannels_pause_the_answer_and_it_goes_on_to_the_end(agent, name):
     (turn,) = record["turns"]
     answer = next(e.answer for e in agent.dialog.index.entries if e.id == turn["faq_id"])
     assert not turn["interrupted"] and turn["reply_text"] == answer
-    assert 150 <= turn["latency_ms"]["pause"] <= 250, "the answer was held while the caller made a sound"
+    assert 90 <= turn["latency_ms"]["pause"] <= 160, "the answer was held while the caller made a sound"
 
 
 def test_noise_only_call_invents_no_turn(agent):

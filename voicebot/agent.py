@@ -59,6 +59,7 @@ class VoiceAgent:
         self.session_options = SessionOptions(
             barge_in_ms=voice.barge_in_ms,
             barge_in_guard_ms=voice.barge_in_guard_ms,
+            hold_ms=voice.barge_in_hold_ms,
             backchannel_max_ms=voice.backchannel_max_ms,
             question_end_ms=voice.vad_question_end_ms,
             end_ms=voice.vad_end_ms,

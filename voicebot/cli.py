@@ -634,9 +634,10 @@ def _add_voice_parsers(commands: argparse._SubParsersAction) -> None:
         "bench",
         help="measure turn latencies on recorded calls and write JSON",
         description="Replay recorded calls in real time with the real models and report, per route, the "
-        "median and p90 of every stage (endpoint, STT, route, LLM first token, TTS, first audio out) and the "
-        "barge-in reaction time, against the targets: knowledge-base answer < 700 ms, LLM answer < 1200 ms, "
-        "barge-in < 400 ms (p50). Writes the report as JSON.",
+        "median and p90 of every stage (endpoint, STT, route, LLM first token, TTS, first audio out) and how "
+        "soon the bot falls silent when talked over (and clears once it has heard real words), against the "
+        "targets: knowledge-base answer < 700 ms, LLM answer < 1200 ms, bot silent < 400 ms (p50). Writes the "
+        "report as JSON.",
     )
     p.add_argument("--calls", type=Path, default=Path("samples/calls"), help="a .wav or a folder of them")
     p.add_argument("--runs", type=_positive_int, default=2, help="replays of each call (default 2)")

@@ -90,10 +90,12 @@ class VoiceSettings:
     # on six businesses' caller lines it cut WER from 0.302 to 0.254, but it turned a sample call's "mm-hm" into
     # a word ("Emin.") that then took a turn; turn it on where brand names matter more than that risk.
     stt_vocabulary: bool = False
-    # Barge-in: caller speech over the bot pauses it at once (unless it began within barge_in_guard_ms of the
-    # bot starting to talk); Whisper looks at its words every barge_in_ms of speech: real words interrupt, a
-    # backchannel or noise lets the reply go on. Speech lasting backchannel_max_ms interrupts regardless.
+    # Barge-in: sound over the bot for barge_in_hold_ms (as the VAD hears it) pauses it (unless it began within
+    # barge_in_guard_ms of the bot starting to talk); Whisper looks at its words every barge_in_ms of speech:
+    # real words interrupt, a backchannel or noise lets the reply go on. Speech lasting backchannel_max_ms
+    # interrupts regardless.
     # dtmf_map maps keypad digits to meanings ("0=human").
+    barge_in_hold_ms: int = 96
     barge_in_ms: int = 250
     barge_in_guard_ms: int = 300
     backchannel_max_ms: int = 1500

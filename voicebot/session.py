@@ -264,6 +264,7 @@ Action = (
 
 @dataclass(frozen=True)
 class SessionOptions:
+    hold_ms: int = 96  # sound over the bot this long (as the VAD hears it) holds its audio: it may be speech
     barge_in_ms: int = 250  # caller speech (as the VAD hears it) before Whisper first looks at its words
     backchannel_max_ms: int = 1500  # speech over the bot this long interrupts it, whatever its words
     barge_in_guard_ms: int = 300  # speech starting this soon after the bot starts talking never interrupts
@@ -408,7 +409,7 @@ class CallSession:
                 case SpeechEnd():
                     actions += self._on_turn_end(vad_event, event.now)
         actions += self._end_if_done(event.now)
-        actions += self._check_barge_in()
+        actions += self._check_barge_in() if self._caller is not None else self._check_sound_over_bot()
         if self._caller is None:
             self._trim_audio()
         elif self.vad.in_speech and self._media_ms - self._caller.onset_ms > self.options.max_turn_ms:
@@ -584,7 +585,7 @@ class CallSession:
     # ------------------------------------------------------------ barge-in
 
     def _check_barge_in(self) -> list[Action]:
-        caller, bot = self._caller, self._bot
+        caller = self._caller
         if caller is None or caller.barged_in or not self.vad.in_speech:
             return []
         continuing = caller.continues is not None and self._still_continuable(caller)
@@ -592,22 +593,43 @@ class CallSession:
             if continuing and self.vad.speech_ms >= self.options.barge_in_ms:
                 return self._interrupt(caller)  # nothing of the reply plays yet: take it back
             return []
-        assert bot is not None and bot.started_media_ms is not None
-        in_guard = bot.started_media_ms <= caller.onset_ms < bot.started_media_ms + self.options.barge_in_guard_ms
-        if in_guard and not continuing:
-            return []  # began right as the bot started: line echo or a false start, not an interruption
-        actions: list[Action] = []
-        if not self._paused:
-            self._paused = True
-            bot.latency["pause"] = float(self._media_ms - caller.onset_ms)
-            bot.latency["pause_at_media_ms"] = float(self._media_ms)
-            actions.append(PauseAudio())
+        if self._in_guard(caller.onset_ms) and not continuing:
+            return []
+        actions = self._hold(caller.onset_ms)
         if self.vad.speech_ms >= self.options.backchannel_max_ms:
             return actions + self._interrupt(caller)
         if caller.peek_job is None and self.vad.speech_ms >= caller.peeked_ms + self.options.barge_in_ms:
             caller.peek_job, caller.peeked_ms = next(self._jobs), self.vad.speech_ms
             actions.append(Transcribe(caller.peek_job, self._turn_audio(self._media_ms)))
         return actions
+
+    def _check_sound_over_bot(self) -> list[Action]:
+        """Before the VAD is sure of speech: hold the bot's audio once a sound over it has lasted `hold_ms`, and
+        let it go on if the sound dies away short of speech (a click, a breath)."""
+        onset = self.vad.candidate_onset_ms
+        if onset is None:
+            return self._resume()
+        if self._paused or not self.bot_speaking or self.vad.speech_ms < self.options.hold_ms:
+            return []
+        if self._in_guard(onset) and self._continuable(onset) is None:
+            return []
+        return self._hold(onset)
+
+    def _in_guard(self, onset_ms: int) -> bool:
+        """Sound that began right as the bot started talking: line echo or a false start, not an interruption."""
+        bot = self._bot
+        assert bot is not None and bot.started_media_ms is not None
+        return bot.started_media_ms <= onset_ms < bot.started_media_ms + self.options.barge_in_guard_ms
+
+    def _hold(self, onset_ms: int) -> list[Action]:
+        """Stop sending the reply's audio: the caller hears at most what their phone holds."""
+        bot = self._bot
+        if self._paused or bot is None:
+            return []
+        self._paused = True
+        bot.latency["pause"] = float(self._media_ms - onset_ms)
+        bot.latency["pause_at_media_ms"] = float(self._media_ms)
+        return [PauseAudio()]
 
     def _on_peek(self, caller: _CallerTurn, event: Transcribed) -> list[Action]:
         """Whisper's look at speech over the paused bot: real words interrupt; anything else waits to see."""

@@ -190,6 +190,11 @@ class VadStream:
         return self._speech_ms
 
     @property
+    def candidate_onset_ms(self) -> int | None:
+        """Where voiced sound began that is not yet long enough to be speech (None when there is none)."""
+        return self._onset_ms if self._phase is _Phase.CANDIDATE else None
+
+    @property
     def paused_ms(self) -> int:
         """Silence since the caller's words stopped, while the turn is paused (0 otherwise)."""
         return self.t_ms - self._speech_end_ms if self._phase is _Phase.PAUSED else 0

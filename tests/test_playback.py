@@ -11,12 +11,17 @@ def ramp(start: int, n: int) -> np.ndarray:
     return np.arange(start, start + n, dtype=np.int16)
 
 
-def test_marks_come_back_when_playback_reaches_them_and_a_clear_returns_the_rest():
+def two_sentences() -> PlaybackBuffer:
+    """100 samples, mark "a", 100 more, mark "b": a reply of two sentences as the bot sends it."""
     buffer = PlaybackBuffer()
-    buffer.add_audio(ramp(1, 100))
-    buffer.add_mark("a")
-    buffer.add_audio(ramp(101, 100))
-    buffer.add_mark("b")
+    for start, mark in ((1, "a"), (101, "b")):
+        buffer.add_audio(ramp(start, 100))
+        buffer.add_mark(mark)
+    return buffer
+
+
+def test_marks_come_back_when_playback_reaches_them_and_a_clear_returns_the_rest():
+    buffer = two_sentences()
     played, marks = buffer.play(150)
     assert np.array_equal(played, ramp(1, 150)) and marks == ["a"]
     assert buffer.clear() == ["b"] and buffer.pending_samples == 0
@@ -25,11 +30,7 @@ def test_marks_come_back_when_playback_reaches_them_and_a_clear_returns_the_rest
 
 
 def test_a_held_sender_plays_what_it_had_sent_then_silence_and_goes_on_where_it_stopped():
-    buffer = PlaybackBuffer()
-    buffer.add_audio(ramp(1, 100))
-    buffer.add_mark("a")
-    buffer.add_audio(ramp(101, 100))
-    buffer.add_mark("b")
+    buffer = two_sentences()
     buffer.hold(60)
     played, marks = buffer.play(100)
     assert np.array_equal(played[:60], ramp(1, 60)) and not played[60:].any() and marks == []

@@ -588,7 +588,7 @@ class CallSession:
         caller = self._caller
         if caller is None or caller.barged_in or not self.vad.in_speech:
             return []
-        continuing = caller.continues is not None and self._still_continuable(caller)
+        continuing = self._still_continuable(caller)
         if not self.bot_speaking:
             if continuing and self.vad.speech_ms >= self.options.barge_in_ms:
                 return self._interrupt(caller)  # nothing of the reply plays yet: take it back
@@ -644,7 +644,7 @@ class CallSession:
 
     def _interrupt(self, caller: _CallerTurn) -> list[Action]:
         """The caller is taking the turn: take back the reply they are going on with, or barge in on it."""
-        continuing = caller.continues is not None and self._still_continuable(caller)
+        continuing = self._still_continuable(caller)
         caller.barged_in = True
         return self._withdraw() if continuing else self._barge_in(caller)
 

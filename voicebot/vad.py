@@ -203,7 +203,7 @@ class VadStream:
         """End the paused turn now, before `end_ms`: the layer above has heard that the caller is done."""
         if self._phase is not _Phase.PAUSED:
             raise RuntimeError(f"end_turn needs a paused turn; the stream is in {self._phase.name.lower()}")
-        self._phase, self._speech_ms, self._heard_by_model = _Phase.SILENCE, 0, False
+        self._to_silence()
         return SpeechEnd(self.t_ms, self._speech_end_ms)
 
     @property
@@ -233,6 +233,10 @@ class VadStream:
             self.probability = float(prob)
             events.extend(self._step(self.probability, self._over_floor(float(level_db))))
         return events
+
+    def _to_silence(self) -> None:
+        """The utterance is over (or was never speech): the next sound starts a new one."""
+        self._phase, self._speech_ms, self._heard_by_model = _Phase.SILENCE, 0, False
 
     def _over_floor(self, level_db: float) -> float:
         """How far this window is above the line's noise floor (dB), then let the floor follow the line: down at
@@ -273,13 +277,13 @@ class VadStream:
                 events.append(SpeechStart(end, self._onset_ms))
             self._speech_end_ms = end
         elif self._phase is _Phase.CANDIDATE:
-            self._phase, self._speech_ms, self._heard_by_model = _Phase.SILENCE, 0, False
+            self._to_silence()
         elif self.in_speech:
             silence = end - self._speech_end_ms
             if self._phase is _Phase.SPEECH and silence >= opts.pause_ms:
                 self._phase = _Phase.PAUSED
                 events.append(SpeechPause(end, self._speech_end_ms))
             if self._phase is _Phase.PAUSED and silence >= opts.end_ms:
-                self._phase, self._speech_ms, self._heard_by_model = _Phase.SILENCE, 0, False
+                self._to_silence()
                 events.append(SpeechEnd(end, self._speech_end_ms))
         return events

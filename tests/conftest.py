@@ -42,3 +42,11 @@ def synthesizer(settings):
     from voicebot.tts import load_synthesizer
 
     return load_synthesizer(settings.models, variation=False)
+
+
+@pytest.fixture(scope="session")
+def agent(settings, tmp_path_factory):
+    """The whole voice agent on the sample KB, warmed, with its own store: replays and CallRunner tests share it."""
+    from voicebot.agent import build_agent
+
+    return build_agent(settings, store_url=str(tmp_path_factory.mktemp("voice") / "calls.db"))

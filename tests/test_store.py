@@ -122,6 +122,7 @@ def test_get_call_has_the_documented_json_shape(tmp_path):
         "interrupted": False,
         "state": "consulting",
         "latency_ms": LATENCY,
+        "failed_stage": None,  # the stage that failed, on a turn the bot answered with an apology
     }
     assert call["turns"][1]["interrupted"] is True
     assert call["turns"][1]["latency_ms"]["llm_first_token"] == 212.5

@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 from sample_calls import SAMPLE_CALLS, check_record, expectations
 
-from voicebot.agent import build_agent
 from voicebot.replay import phone_audio, replay_call
 from voicebot.tts import split_sentences
-
-
-@pytest.fixture(scope="module")
-def agent(settings, tmp_path_factory):
-    return build_agent(settings, store_url=str(tmp_path_factory.mktemp("voice") / "calls.db"))
 
 
 @pytest.mark.parametrize("wav", SAMPLE_CALLS, ids=[w.stem for w in SAMPLE_CALLS])

@@ -2,7 +2,8 @@
 
 Warm means: the Whisper encoder has run once, the LLM has the static system prompt in its KV cache, and the
 greeting, fixed prompts and every knowledge-base answer are already synthesized at phone rate — so the
-first caller gets the same latency as the hundredth.
+first caller gets the same latency as the hundredth. The lines for when everything else fails (`Line`) are
+synthesized even without warming: a call must be able to apologise without the TTS.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from voicebot.config import Settings
 from voicebot.dialog import Conversation, DialogEngine
+from voicebot.prompts import line_texts
 from voicebot.session import CallSession, SessionOptions
 from voicebot.stt import WhisperTranscriber, load_transcriber
 from voicebot.tts import load_synthesizer
@@ -66,8 +68,17 @@ class VoiceAgent:
             unfinished_end_ms=voice.vad_unfinished_end_ms,
             continuation_ms=voice.continuation_ms,
             dtmf_map=parse_dtmf_map(voice.dtmf_map),
+            filler_after_ms=voice.filler_after_ms,
+            stt_deadline_ms=voice.stt_deadline_ms,
+            reply_deadline_ms=voice.reply_deadline_ms,
+            reply_stall_ms=voice.reply_stall_ms,
+            no_input_ms=voice.no_input_ms,
+            max_call_ms=voice.max_call_s * 1000,
         )
         self.vad_options = VadOptions.from_voice(voice)
+        # What the bot says when all else fails, made now: a call never needs the TTS to apologise.
+        self.line_texts = line_texts(dialog.company)
+        self.lines = {line: speech.sentence(text)[0] for line, text in self.line_texts.items()}
 
     @classmethod
     def load(cls, settings: Settings, dialog: DialogEngine) -> VoiceAgent:
@@ -99,7 +110,7 @@ class VoiceAgent:
 
     def open_call(self, call_id: str, caller: str | None, channel: str) -> tuple[CallSession, Conversation]:
         """A fresh session and conversation for one call."""
-        session = CallSession(self.vad.stream(self.vad_options), self.session_options)
+        session = CallSession(self.vad.stream(self.vad_options), self.session_options, self.line_texts)
         return session, self.dialog.conversation(call_id, caller, channel)
 
 

@@ -3,7 +3,9 @@
 Events from the transport (audio, DTMF, marks, hang-up) and from finished jobs go through one queue into the
 session, so the session sees one ordered stream and needs no locks. Jobs run in worker threads because
 CTranslate2, onnxruntime and llama.cpp release the GIL; a cancelled job is told to stop between sentences
-(and between LLM tokens) and its late results are dropped by the session.
+(and between LLM tokens) and its late results are dropped by the session. A job that raises is reported to the
+session (`JobFailed`, with the stage it was in), which has the caller hear an apology; a store that fails while
+a turn is recorded is logged, and the call goes on.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from voicebot.agent import VoiceAgent
 from voicebot.dialog import Conversation, Reply
-from voicebot.routes import HandoffReason, ReplyKind, Route
+from voicebot.routes import HandoffReason, ReplyKind, Route, Stage
 from voicebot.session import (
     Action,
     CallEnded,
@@ -30,8 +32,11 @@ from voicebot.session import (
     CommitTurn,
     Event,
     Hangup,
+    JobFailed,
     PauseAudio,
     PlayAudio,
+    PlayLine,
+    RecordTurn,
     ReplyFinished,
     Respond,
     ResumeAudio,
@@ -42,6 +47,7 @@ from voicebot.session import (
     Transfer,
     Withdraw,
 )
+from voicebot.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,7 @@ class _Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     reply: Reply | None = None
     task: asyncio.Task | None = None
+    stage: Stage = Stage.ROUTE  # where the work is now: what a failure or a missed deadline is put down to
 
 
 class CallRunner:
@@ -109,7 +116,7 @@ class CallRunner:
         finally:
             for job in self._jobs.values():
                 job.cancelled.set()
-            self.conversation.end()
+            self._store_safely("close the call's record", self.conversation.end)
             self.done.set()
         return self.end_reason or "ended"
 
@@ -125,6 +132,9 @@ class CallRunner:
         match action:
             case PlayAudio():
                 await self.transport.play(action.pcm)
+            case PlayLine():
+                await self.transport.play(self.agent.lines[action.line])
+                await self.transport.mark(action.mark)
             case SendMark():
                 await self.transport.mark(action.name)
             case ClearAudio():
@@ -145,6 +155,8 @@ class CallRunner:
                 self._withdraw(action.job)
             case CommitTurn():
                 self._commit(action)
+            case RecordTurn():
+                self._record(action)
             case Transfer():
                 await self.transport.transfer(action.reason)
             case Hangup():
@@ -157,13 +169,16 @@ class CallRunner:
         self._jobs[job_id] = job
         job.task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._guard, work, job, action))
 
-    def _guard(self, work: Callable[[_Job, Action], None], job: _Job, action: Action) -> None:
+    def _guard(self, work: Callable[[_Job, Action], None], job: _Job, action: Transcribe | Respond) -> None:
         try:
             work(job, action)
-        except Exception:  # a failing job must not leave the caller in silence: say so and log it
-            log.exception("call %s: job %s failed", self.conversation.call_id, action)
-            if isinstance(action, Respond):
-                self._post(ReplyFinished(action.job, Route.FALLBACK, None, None, None, None, self.clock()))
+        except Exception as exc:  # a failing job must not leave the caller in silence: the session says sorry
+            stage = Stage.STORE if isinstance(exc, StoreError) else job.stage
+            log.exception(
+                "call %s: %s job %d failed in %s", self.conversation.call_id, type(action).__name__, action.job, stage
+            )
+            if not job.cancelled.is_set():
+                self._post(JobFailed(action.job, stage, self.clock()))
 
     def _post(self, event: Event) -> None:
         """Hand an event from a worker thread to the call's loop."""
@@ -173,6 +188,7 @@ class CallRunner:
     # ------------------------------------------------------------ jobs (worker threads)
 
     def _transcribe(self, job: _Job, action: Transcribe) -> None:
+        job.stage = Stage.STT
         start = time.perf_counter()
         transcript = self.agent.transcriber.transcribe(action.audio)
         if not job.cancelled.is_set():
@@ -190,10 +206,14 @@ class CallRunner:
             case ReplyKind.TURN:
                 reply = self.conversation.respond(action.text, cancelled=job.cancelled.is_set, misheard=action.misheard)
         job.reply = reply
+        sentences = iter(reply.sentences)
         try:
-            for sentence in reply.sentences:
-                if job.cancelled.is_set():
+            while not job.cancelled.is_set():
+                job.stage = Stage.LLM if reply.route is Route.LLM else Stage.ROUTE
+                sentence = next(sentences, None)
+                if sentence is None or job.cancelled.is_set():
                     break
+                job.stage = Stage.TTS
                 pcm, tts_ms = self.agent.speech.sentence(sentence, store=reply.route is not Route.LLM)
                 if job.cancelled.is_set():
                     break
@@ -223,8 +243,8 @@ class CallRunner:
         if job.task is not None and not job.task.done():
             job.task.add_done_callback(lambda _: self._withdraw(job_id))
         elif job.reply is not None:
-            self.conversation.withdraw(job.reply)
-            job.reply = None
+            reply, job.reply = job.reply, None
+            self._store_safely("withdraw a reply", lambda: self.conversation.withdraw(reply))
 
     def _commit(self, action: CommitTurn) -> None:
         job = self._jobs.get(action.job)
@@ -235,9 +255,48 @@ class CallRunner:
             job.task.add_done_callback(lambda _: self._commit(action))
             return
         if job.reply is not None:
-            self.conversation.commit(
-                job.reply, action.spoken_text, interrupted=action.interrupted, latency_ms=action.latency_ms
+            reply = job.reply
+            self._store_safely(
+                "record a turn",
+                lambda: self.conversation.commit(
+                    reply, action.spoken_text, interrupted=action.interrupted, latency_ms=action.latency_ms
+                ),
             )
             if job.reply.kind is ReplyKind.TURN and not self.session.ended:
                 # While the reply plays, put this turn into the LLM's cache: the next LLM answer starts sooner.
-                asyncio.get_running_loop().run_in_executor(None, self.conversation.prefill)
+                asyncio.get_running_loop().run_in_executor(None, self._prefill)
+
+    def _prefill(self) -> None:
+        """Warm the LLM's cache with the call so far; a failure here costs the next LLM turn time, nothing else."""
+        try:
+            self.conversation.prefill()
+        except Exception:
+            log.exception("call %s: prefilling the LLM's cache failed", self.conversation.call_id)
+
+    def _record(self, action: RecordTurn) -> None:
+        """Record a turn the session answered from memory. A ticket the failed reply opened, whose id the caller
+        did not hear, is withdrawn, once the job has stopped (it may still open one late)."""
+        job = self._jobs.get(action.job) if action.job is not None else None
+        stage = action.failed_stage or (job.stage if job is not None else None)
+        self._store_safely(
+            "record a turn",
+            lambda: self.conversation.record_line(action.route, action.caller_text, action.spoken_text, stage),
+        )
+        if job is not None:
+            job.cancelled.set()
+            self._forget_unheard_ticket(job, action.spoken_text)
+
+    def _forget_unheard_ticket(self, job: _Job, spoken_text: str) -> None:
+        if job.task is not None and not job.task.done():
+            job.task.add_done_callback(lambda _: self._forget_unheard_ticket(job, spoken_text))
+        elif job.reply is not None:
+            reply = job.reply
+            forget = self.conversation.forget_unheard
+            self._store_safely("withdraw an unheard ticket", lambda: forget(reply, spoken_text))
+
+    def _store_safely(self, what: str, write: Callable[[], None]) -> None:
+        """A store that fails while the call goes on is logged, not fatal: the caller has heard the reply."""
+        try:
+            write()
+        except StoreError as exc:
+            log.error("call %s: could not %s: %s", self.conversation.call_id, what, exc)

@@ -100,6 +100,17 @@ class VoiceSettings:
     barge_in_guard_ms: int = 300
     backchannel_max_ms: int = 1500
     dtmf_map: str = "0=human"
+    # Never strand the caller. No answer audio filler_after_ms after the caller stopped: "One moment." (0: never);
+    # none by reply_deadline_ms, or a transcript not there stt_deadline_ms after the turn ended, or an answer
+    # that stops coming for reply_stall_ms: an apology from memory and "could you say that again?". A caller
+    # silent no_input_ms after the bot finished is asked if they are still there, then the call ends; a call
+    # ends politely after max_call_s.
+    filler_after_ms: int = 1200
+    stt_deadline_ms: int = 2500
+    reply_deadline_ms: int = 3800
+    reply_stall_ms: int = 2000
+    no_input_ms: int = 8000
+    max_call_s: int = 1800
 
 
 @dataclass

@@ -39,7 +39,7 @@ from voicebot.kb import Company, load_knowledge_base
 from voicebot.llm import LlamaChat, Message, load_llm
 from voicebot.reply_writer import ReplyWriter, Written
 from voicebot.retrieval import FaqIndex
-from voicebot.routes import CallAction, DialogState, HandoffReason, ReplyKind, Route
+from voicebot.routes import CallAction, DialogState, HandoffReason, ReplyKind, Route, Stage
 from voicebot.routing import Context, Decision, Turn, decide
 from voicebot.store import Ticket, TurnRecord, speak_ticket_id
 
@@ -373,6 +373,32 @@ class Conversation:
         )
         self._turns += 1
         self.engine.store.record_turn(self.call_id, record)
+
+    def record_line(self, route: Route, caller_text: str, spoken_text: str, failed_stage: Stage | None) -> None:
+        """Record a turn the voice layer answered with a fixed line: a failure (the caller heard an apology; it
+        counts towards the hand-off for turns nothing answered) or the goodbye to a silent caller."""
+        if failed_stage is not None:
+            self.failed_turns += 1
+            self.state = DialogState.CONSULTING
+        record = TurnRecord(
+            index=self._turns,
+            caller_text=caller_text,
+            route=route,
+            faq_id=None,
+            reply_text=spoken_text,
+            interrupted=False,
+            state=self.state,
+            latency_ms={},
+            failed_stage=failed_stage,
+        )
+        self._turns += 1
+        self.engine.store.record_turn(self.call_id, record)
+
+    def forget_unheard(self, reply: Reply, spoken_text: str) -> None:
+        """`reply` failed: withdraw the ticket it opened if the caller never heard its id (they are asked to say
+        it again, and a ticket nobody was told of would be a second one)."""
+        if reply.opened_ticket and speak_ticket_id(reply.ticket_id or "") not in spoken_text:
+            self.withdraw(reply)
 
     def prefill(self) -> float:
         """Evaluate the history into the LLM's KV cache now, so the next LLM reply evaluates only its own words.

@@ -18,6 +18,7 @@ from dataclasses import replace
 from voicebot.config import DialogSettings
 from voicebot.kb import Company
 from voicebot.llm import Message
+from voicebot.routes import Line
 from voicebot.tts import split_sentences
 
 # ---------------------------------------------------------------- who answers
@@ -206,6 +207,19 @@ def ticket_exists(spoken_id: str) -> str:
         f"I've already opened ticket {spoken_id} for this, and a colleague will get back to you about it. "
         "Is there anything else?"
     )
+
+
+def line_texts(company: Company) -> dict[Line, str]:
+    """What the bot says when everything else fails (`voicebot.routes.Line`), in this company's words."""
+    return {
+        Line.HELLO: greeting(company),
+        Line.SORRY: "I'm sorry, something went wrong on my side. Could you say that again?",
+        Line.NOT_HEARD: NOT_HEARD_LINE,
+        Line.ONE_MOMENT: "One moment.",
+        Line.STILL_THERE: "Are you still there?",
+        Line.NO_INPUT_BYE: f"I can't hear anything, so I'll end the call now. {farewell(company)}",
+        Line.TIME_LIMIT_BYE: f"I'm sorry, this call has reached its time limit. {farewell(company)}",
+    }
 
 
 def fixed_lines(company: Company) -> list[str]:

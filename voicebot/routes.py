@@ -19,8 +19,8 @@ class Route(StrEnum):
     HANGUP = "hangup"
     FALLBACK = "fallback"  # the LLM's reply was refused by the grounding check: the fixed decline line
     DTMF = "dtmf"
-    REPEAT = "repeat"  # nothing usable was heard: the caller is asked to say it again
-    NO_INPUT = "no_input"
+    REPEAT = "repeat"  # nothing usable was heard, or a stage failed (the turn's `failed_stage`): say it again
+    NO_INPUT = "no_input"  # the caller stayed silent through a re-prompt: the bot said goodbye
     GREETING = "greeting"  # not a caller turn: the bot's opening line
     PROMPT = "prompt"  # not a caller turn: a fixed line the voice layer asked for
 
@@ -54,3 +54,26 @@ class HandoffReason(StrEnum):
     FAILED_TURNS = "failed_turns"
     FRUSTRATION = "frustration"
     DTMF = "dtmf"
+
+
+class Stage(StrEnum):
+    """The part of a turn's work that failed or ran out of time, as recorded with the turn."""
+
+    STT = "stt"
+    ROUTE = "route"  # the routing decision: embedding, search, the intent classifier
+    LLM = "llm"
+    TTS = "tts"
+    STORE = "store"  # the database: recording, or opening a ticket
+
+
+class Line(StrEnum):
+    """Lines the bot must be able to say when everything else fails: synthesized at start-up, played from
+    memory, never through a job. Their words are `voicebot.prompts.line_texts`."""
+
+    HELLO = "hello"  # the greeting, when the greeting itself could not be made
+    SORRY = "sorry"  # a turn's work failed: apologise and ask again
+    NOT_HEARD = "not_heard"  # the transcription failed: ask again
+    ONE_MOMENT = "one_moment"  # the answer is slow: bridge the silence
+    STILL_THERE = "still_there"  # the caller has said nothing for a while
+    NO_INPUT_BYE = "no_input_bye"  # still nothing: end the call
+    TIME_LIMIT_BYE = "time_limit_bye"  # the call reached its maximum length

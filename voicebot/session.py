@@ -17,18 +17,27 @@ Turn-taking, in short:
   Speech that goes on past `backchannel_max_ms` interrupts whatever the peeks said. Barge-in sends `clear`,
   cancels the reply's work and records the reply cut to the sentences whose marks came back before it.
 - A farewell's hang-up or a hand-off's transfer happens only once the reply's last mark has come back.
+
+Never stranding the caller: a job that fails (`JobFailed`) or misses its deadline (`stt_deadline_ms`,
+`reply_deadline_ms`, `reply_stall_ms`, checked on the media clock) gives way to a `Line` played from memory —
+an apology and a request to say it again — and the turn is recorded as `repeat` with the failed stage. An answer slow
+to start is bridged by "One moment." once; a silent caller is asked if they are still there, then the call
+ends; so does a call that reaches `max_call_ms`.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from voicebot.audio import Resampler, pcm16_to_float
-from voicebot.routes import CallAction, HandoffReason, ReplyKind, Route
+from voicebot.kb import Company
+from voicebot.prompts import line_texts
+from voicebot.routes import CallAction, HandoffReason, Line, ReplyKind, Route, Stage
 from voicebot.stt import Transcript
 from voicebot.turn_end import Ending, ending
 from voicebot.vad import SpeechEnd, SpeechPause, SpeechResume, SpeechStart, VadStream
@@ -153,7 +162,18 @@ class ReplyFinished:
     now: float
 
 
-Event = CallStarted | AudioIn | DtmfIn | MarkEchoed | CallerHungUp | Transcribed | SentenceReady | ReplyFinished
+@dataclass(frozen=True)
+class JobFailed:
+    """A job raised: `stage` is where (the runner logged the error)."""
+
+    job: int
+    stage: Stage
+    now: float
+
+
+Event = (
+    CallStarted | AudioIn | DtmfIn | MarkEchoed | CallerHungUp | Transcribed | SentenceReady | ReplyFinished | JobFailed
+)
 
 
 # ---------------------------------------------------------------- actions out
@@ -167,6 +187,14 @@ class PlayAudio:
 @dataclass(frozen=True)
 class SendMark:
     name: str
+
+
+@dataclass(frozen=True)
+class PlayLine:
+    """Play a `Line` synthesized at start-up, then send `mark`: no job, no TTS, so it cannot fail."""
+
+    line: Line
+    mark: str
 
 
 @dataclass(frozen=True)
@@ -226,6 +254,19 @@ class CommitTurn:
 
 
 @dataclass(frozen=True)
+class RecordTurn:
+    """Record a turn the session answered itself with a `Line`: a failure (`failed_stage`: the stage, or None for
+    the one the reply's job was in when it ran out of time) or a call ended for no input. `job`, if any, is the
+    reply that failed: a ticket it opened whose id is not in `spoken_text` is withdrawn."""
+
+    route: Route
+    caller_text: str
+    spoken_text: str
+    job: int | None = None
+    failed_stage: Stage | None = None
+
+
+@dataclass(frozen=True)
 class Transfer:
     reason: HandoffReason
 
@@ -244,6 +285,7 @@ class CallEnded:
 
 Action = (
     PlayAudio
+    | PlayLine
     | SendMark
     | ClearAudio
     | PauseAudio
@@ -253,6 +295,7 @@ Action = (
     | Cancel
     | Withdraw
     | CommitTurn
+    | RecordTurn
     | Transfer
     | Hangup
     | CallEnded
@@ -277,8 +320,21 @@ class SessionOptions:
     unread_turn_ms: int = 600  # speech this long that Whisper cannot read (a whisper) is asked again, not ignored
     dtmf_map: dict[str, str] = field(default_factory=lambda: {"0": "human"})
     sorry_prompt: str = "Sorry, go ahead."
+    filler_after_ms: int = 1200  # no answer audio this long after the caller stopped: "One moment." (0: never)
+    stt_deadline_ms: int = 2500  # a turn's transcript not there this long after the turn ended: ask again
+    reply_deadline_ms: int = 3800  # no answer audio this long after the caller stopped: apologise, ask again
+    reply_stall_ms: int = 2000  # an answer that played all it had and brings no more for this long: apologise
+    no_input_ms: int = 8000  # the caller silent this long after the bot finished: "Are you still there?", then bye
+    max_call_ms: int = 1_800_000  # a call this long ends, politely, at the next moment nobody is talking
 
     def __post_init__(self) -> None:
+        deadlines = (self.stt_deadline_ms, self.reply_deadline_ms, self.reply_stall_ms, self.no_input_ms)
+        if min(deadlines) <= 0 or self.max_call_ms <= 0 or not 0 <= self.filler_after_ms < self.reply_deadline_ms:
+            raise ValueError(
+                "deadlines must be positive and voice.filler_after_ms below voice.reply_deadline_ms; got "
+                f"stt {self.stt_deadline_ms}, reply {self.reply_deadline_ms}, stall {self.reply_stall_ms}, "
+                f"no input {self.no_input_ms}, call {self.max_call_ms}, filler {self.filler_after_ms} ms"
+            )
         if self.barge_in_ms <= 0 or self.backchannel_max_ms < self.barge_in_ms:
             raise ValueError(
                 "barge-in needs 0 < voice.barge_in_ms <= voice.backchannel_max_ms; "
@@ -302,10 +358,26 @@ class _BotUtterance:
     started_media_ms: int | None = None
     finished: ReplyFinished | None = None
     latency: dict[str, float | None] = field(default_factory=dict)
+    line: Line | None = None  # said from memory: no job behind it
+    waiting_since_ms: int = 0  # media time the caller stopped (or the reply was asked for): deadlines count
+    filler_mark: str | None = None  # "One moment." was played while this reply was slow to start
+    drained_ms: int | None = None  # media time all it had sent was heard, with more still to come
 
     @property
     def all_played(self) -> bool:
         return self.finished is not None and all(mark in self.echoed for _, mark in self.sentences)
+
+    @property
+    def audible(self) -> bool:
+        """Some of its audio (the answer's, or the filler) has gone out."""
+        return self.started_now is not None or self.filler_mark is not None
+
+    def unheard_marks(self) -> set[str]:
+        """Marks sent that have not come back: a clear returns them, and they are not news then."""
+        marks = {mark for _, mark in self.sentences}
+        if self.filler_mark is not None:
+            marks.add(self.filler_mark)
+        return marks - self.echoed
 
     def played_text(self) -> str:
         return " ".join(text for text, mark in self.sentences if mark in self.echoed)
@@ -319,6 +391,7 @@ class _CallerTurn:
     onset_ms: int
     speech_end_ms: int | None = None
     ended_now: float | None = None
+    ended_ms: int | None = None  # media time the session ended the turn
     endpoint_ms: float | None = None
     stt_job: int | None = None
     stt_started_now: float | None = None
@@ -335,8 +408,12 @@ class _CallerTurn:
 class CallSession:
     """Turn-taking for one call. Feed events with `handle`; carry out the returned actions in order."""
 
-    def __init__(self, vad: VadStream, options: SessionOptions | None = None) -> None:
+    def __init__(
+        self, vad: VadStream, options: SessionOptions | None = None, lines: Mapping[Line, str] | None = None
+    ) -> None:
+        """`lines` are the words of each `Line` (the runner plays their audio), `prompts.line_texts` by default."""
         self.options = options or SessionOptions()
+        self.lines = dict(lines or line_texts(Company()))
         self.vad = vad
         if vad.options.end_ms < self.options.unfinished_end_ms:
             # The session decides when finished-sounding words end the turn (`end_ms`); the VAD's own end is
@@ -354,6 +431,9 @@ class CallSession:
         self._cleared_marks: set[str] = set()
         self._pending_action: tuple[CallAction, HandoffReason | None] | None = None
         self._paused = False  # the bot's audio is held while the caller makes a sound over it
+        self._heard_ms = 0  # media time the caller or the bot last made a sound
+        self._bridged: tuple[int | None, str, int] = (None, "", 0)  # "One moment.": (turn's stop, mark, said at)
+        self._reprompted = False  # "Are you still there?" was said, and nothing heard since
         self.ended = False
         self.greeting_played: str | None = None
         self.greeting_interrupted = False
@@ -378,6 +458,8 @@ class CallSession:
                 return self._on_sentence(event)
             case ReplyFinished():
                 return self._on_reply_finished(event)
+            case JobFailed():
+                return self._on_job_failed(event)
             case CallerHungUp():
                 return self._end("caller hung up")
         raise TypeError(f"CallSession cannot handle {event!r}")
@@ -385,7 +467,7 @@ class CallSession:
     @property
     def bot_speaking(self) -> bool:
         """Audio of the current reply has gone out and not all of it has been heard yet."""
-        return self._bot is not None and self._bot.started_now is not None and not self._bot.all_played
+        return self._bot is not None and self._bot.audible and not self._bot.all_played
 
     # ------------------------------------------------------------ caller audio
 
@@ -397,6 +479,7 @@ class CallSession:
         for vad_event in self.vad.feed(audio):
             match vad_event:
                 case SpeechStart():
+                    self._reprompted = False
                     self._caller = _CallerTurn(
                         onset_ms=vad_event.onset_ms,
                         during_bot=self.bot_speaking,
@@ -416,7 +499,7 @@ class CallSession:
             actions += self._start_transcription(self._media_ms, event.now)
             actions += self._on_turn_end(SpeechEnd(self._media_ms, self._media_ms), event.now)
             self.vad.reset()
-        return actions
+        return actions + self._check_clock(event.now)
 
     def _trim_audio(self) -> None:
         """Between turns keep only the pre-roll, so a turn's audio starts just before its onset."""
@@ -457,7 +540,7 @@ class CallSession:
         caller = self._caller
         if caller is None:
             return []
-        caller.ended_now = now
+        caller.ended_now, caller.ended_ms = now, self._media_ms
         caller.endpoint_ms = float(event.t_ms - event.speech_end_ms)
         if caller.stt_job is None:  # no pause was seen (cannot normally happen): transcribe now
             return self._start_transcription(event.speech_end_ms, now)
@@ -536,7 +619,13 @@ class CallSession:
         stt_wait = max(0.0, (caller.stt_ready_now or now) - (caller.ended_now or now)) * 1000
         latency = {"endpoint": caller.endpoint_ms, "stt": round(stt_wait, 1), "stt_compute": caller.stt_compute_ms}
         actions += self._respond(
-            ReplyKind.TURN, text, now, latency, caller_ended_now=caller.ended_now, misheard=transcript.doubtful
+            ReplyKind.TURN,
+            text,
+            now,
+            latency,
+            caller_ended_now=caller.ended_now,
+            misheard=transcript.doubtful,
+            since_ms=caller.speech_end_ms,
         )
         return actions
 
@@ -574,10 +663,10 @@ class CallSession:
         bot = self._bot
         assert bot is not None
         actions: list[Action] = []
-        if bot.started_now is not None:
+        if bot.audible:
             actions.append(ClearAudio())
             self._paused = False
-            self._cleared_marks.update(mark for _, mark in bot.sentences if mark not in bot.echoed)
+            self._cleared_marks.update(bot.unheard_marks())
         actions.append(Withdraw(bot.job))
         self._bot, self._answering, self._pending_action = None, None, None
         return actions
@@ -586,7 +675,7 @@ class CallSession:
 
     def _check_barge_in(self) -> list[Action]:
         caller = self._caller
-        if caller is None or caller.barged_in or not self.vad.in_speech:
+        if caller is None or caller.barged_in or not self.vad.in_speech or self._saying_goodbye:
             return []
         continuing = self._still_continuable(caller)
         if not self.bot_speaking:
@@ -609,11 +698,16 @@ class CallSession:
         onset = self.vad.candidate_onset_ms
         if onset is None:
             return self._resume()
-        if self._paused or not self.bot_speaking or self.vad.speech_ms < self.options.hold_ms:
+        if self._paused or not self.bot_speaking or self.vad.speech_ms < self.options.hold_ms or self._saying_goodbye:
             return []
         if self._in_guard(onset) and self._continuable(onset) is None:
             return []
         return self._hold(onset)
+
+    @property
+    def _saying_goodbye(self) -> bool:
+        """The bot is ending the call on its own (no input, time limit): that line is not interrupted."""
+        return self._bot is not None and self._bot.line in (Line.NO_INPUT_BYE, Line.TIME_LIMIT_BYE)
 
     def _in_guard(self, onset_ms: int) -> bool:
         """Sound that began right as the bot started talking: line echo or a false start, not an interruption."""
@@ -665,7 +759,7 @@ class CallSession:
         if caller is not None:  # media time from the caller's first sound (as the VAD heard it) to our clear
             bot.latency["barge_in"] = float(self._media_ms - caller.onset_ms)
             bot.latency["clear_at_media_ms"] = float(self._media_ms)
-        self._cleared_marks.update(mark for _, mark in bot.sentences if mark not in bot.echoed)
+        self._cleared_marks.update(bot.unheard_marks())
         if bot.finished is None:
             actions.append(Cancel(bot.job))
         if bot.finished is not None and bot.finished.action is CallAction.TRANSFER:
@@ -675,6 +769,122 @@ class CallSession:
         if self._pending_action is not None:
             actions += self._do_pending_action()
         return actions
+
+    # ------------------------------------------------------------ never strand the caller
+
+    def _check_clock(self, now: float) -> list[Action]:
+        """What the media clock decides: give up on a late transcript or answer, bridge a slow one, ask a
+        silent caller whether they are still there (then say goodbye), end a call that is too long."""
+        caller, bot, options, media_ms = self._caller, self._bot, self.options, self._media_ms
+        if caller is not None or bot is not None or self.vad.candidate_onset_ms is not None:
+            self._heard_ms = media_ms
+        stt_waited = None if caller is None or caller.ended_ms is None else media_ms - caller.ended_ms
+        if caller is not None and caller.transcript is None and (stt_waited or 0) >= options.stt_deadline_ms:
+            return self._fail_transcription(caller, Stage.STT, now)
+        if bot is not None and bot.line is None and not self._paused:
+            if bot.started_now is None and media_ms - bot.waiting_since_ms >= options.reply_deadline_ms:
+                return self._fail_reply(bot, None, now)
+            if bot.drained_ms is not None and media_ms - bot.drained_ms >= options.reply_stall_ms:
+                return self._fail_reply(bot, None, now)
+        since = self._unanswered_since()
+        if since is not None and since != self._bridged[0] and 0 < options.filler_after_ms <= media_ms - since:
+            return self._bridge(since)
+        if caller is not None or bot is not None:
+            return []
+        if media_ms >= options.max_call_ms:
+            return self._say_line(Line.TIME_LIMIT_BYE, now, CallAction.HANGUP)
+        if media_ms - self._heard_ms < options.no_input_ms:
+            return []
+        if not self._reprompted:
+            self._reprompted = True
+            return self._say_line(Line.STILL_THERE, now)
+        goodbye = self._say_line(Line.NO_INPUT_BYE, now, CallAction.HANGUP)
+        return [RecordTurn(Route.NO_INPUT, "", self.lines[Line.NO_INPUT_BYE]), *goodbye]
+
+    def _on_job_failed(self, event: JobFailed) -> list[Action]:
+        caller, bot = self._caller, self._bot
+        if caller is not None and event.job == caller.peek_job:
+            caller.peek_job = None  # the turn's own transcription will read the words
+            return []
+        if caller is not None and event.job == caller.stt_job:
+            if caller.ended_now is None:  # a speculative look: the turn's end transcribes again
+                caller.stt_job = None
+                return []
+            return self._fail_transcription(caller, event.stage, event.now)
+        if bot is not None and event.job == bot.job and bot.line is None:
+            return self._fail_reply(bot, event.stage, event.now)
+        return []
+
+    def _fail_transcription(self, caller: _CallerTurn, stage: Stage, now: float) -> list[Action]:
+        """The turn's words cannot be had: ask again (or let the reply go on, if it was over the bot)."""
+        self._caller = None
+        actions: list[Action] = [Cancel(caller.stt_job)] if caller.stt_job is not None else []
+        if caller.peek_job is not None:
+            actions.append(Cancel(caller.peek_job))
+        if self._bot is not None:
+            return actions + self._resume()
+        line = self.lines[Line.NOT_HEARD]
+        return [*actions, RecordTurn(Route.REPEAT, "", line, failed_stage=stage), *self._say_line(Line.NOT_HEARD, now)]
+
+    def _fail_reply(self, bot: _BotUtterance, stage: Stage | None, now: float) -> list[Action]:
+        """The reply raised or ran out of time: what it sent plays on, then an apology from memory. `stage`
+        None: the deadline passed, and the runner knows where the job was."""
+        actions: list[Action] = [] if bot.finished is not None else [Cancel(bot.job)]
+        self._bot = None
+        if bot.kind is ReplyKind.GREETING:
+            return actions + self._say_line(Line.HELLO, now, kind=ReplyKind.GREETING)
+        caller_text = self._answering[1] if self._answering and self._answering[0] == bot.job else ""
+        self._answering = None
+        if bot.kind is not ReplyKind.PROMPT:
+            spoken = f"{bot.full_text()} {self.lines[Line.SORRY]}".strip()
+            actions.append(RecordTurn(Route.REPEAT, caller_text, spoken, job=bot.job, failed_stage=stage))
+        return actions + self._say_line(Line.SORRY, now)
+
+    def _unanswered_since(self) -> int | None:
+        """Media time the caller stopped, while their finished turn has no answer audio yet (its words are still
+        being read, or the answer worked out) and nobody is making a sound; else None."""
+        caller, bot = self._caller, self._bot
+        if self._paused or self.vad.in_speech or self.vad.candidate_onset_ms is not None:
+            return None
+        if bot is not None:
+            waiting = bot.kind is ReplyKind.TURN and bot.line is None and bot.started_now is None
+            return bot.waiting_since_ms if waiting else None
+        if caller is not None and caller.ended_ms is not None and caller.transcript is None:
+            return caller.speech_end_ms
+        return None
+
+    def _bridge(self, since_ms: int) -> list[Action]:
+        """The answer is slow to start: say "One moment." while it comes (it plays after, never cut mid-word).
+        Once per turn: `since_ms` (when the caller stopped) names the turn."""
+        mark = f"wait-{since_ms}"
+        self._bridged = (since_ms, mark, self._media_ms)
+        if self._bot is not None:
+            self._bridge_reply(self._bot)
+        return [PlayLine(Line.ONE_MOMENT, mark)]
+
+    def _bridge_reply(self, bot: _BotUtterance) -> None:
+        """The reply to a turn bridged by "One moment." starts from it: talking over it is talking over the bot."""
+        since_ms, mark, said_ms = self._bridged
+        if bot.waiting_since_ms != since_ms or bot.kind is not ReplyKind.TURN:
+            return
+        bot.filler_mark = mark
+        if bot.started_media_ms is None:
+            bot.started_media_ms = said_ms
+        bot.latency["filler"] = float(said_ms - since_ms)
+
+    def _say_line(
+        self, line: Line, now: float, action: CallAction | None = None, *, kind: ReplyKind = ReplyKind.PROMPT
+    ) -> list[Action]:
+        """Say a `Line` from memory, as a reply that is already complete; `action` follows once it is heard."""
+        bot = _BotUtterance(job=next(self._jobs), kind=kind, turn=next(self._turns), line=line)
+        mark = f"t{bot.turn}-s1"
+        bot.sentences.append((self.lines[line], mark))
+        bot.started_now, bot.started_media_ms = now, self._media_ms
+        bot.finished = ReplyFinished(bot.job, Route.PROMPT, action, None, None, None, now)
+        self._bot, self._answering = bot, None
+        if action is not None:
+            self._pending_action = (action, None)
+        return [PlayLine(line, mark)]
 
     # ------------------------------------------------------------ DTMF
 
@@ -697,11 +907,15 @@ class CallSession:
         latency: dict[str, float | None] | None = None,
         caller_ended_now: float | None = None,
         misheard: bool = False,
+        since_ms: int | None = None,
     ) -> list[Action]:
+        """Ask for a reply; `since_ms`: media time the caller stopped talking, where its deadlines count from."""
         job = next(self._jobs)
         bot = _BotUtterance(job=job, kind=kind, turn=next(self._turns))
         bot.latency = dict(latency or {})
         bot.latency["_t0"] = caller_ended_now if caller_ended_now is not None else now
+        bot.waiting_since_ms = self._media_ms if since_ms is None else since_ms
+        self._bridge_reply(bot)
         self._bot = bot
         self._answering = (job, text) if kind is ReplyKind.TURN else None
         return [Respond(job, kind, text, misheard)]
@@ -712,8 +926,11 @@ class CallSession:
             return []
         mark = f"t{bot.turn}-s{len(bot.sentences) + 1}"
         bot.sentences.append((event.text, mark))
+        bot.drained_ms = None
         if bot.started_now is None:
-            bot.started_now, bot.started_media_ms = event.now, self._media_ms
+            bot.started_now = event.now
+            if bot.started_media_ms is None:  # else "One moment." started it: guard and continuations count from there
+                bot.started_media_ms = self._media_ms
             bot.latency["tts_first_audio"] = round(event.tts_ms, 1)
             t0 = bot.latency.pop("_t0")
             waited = (event.now - t0) * 1000 if t0 is not None else 0.0
@@ -739,9 +956,14 @@ class CallSession:
             self._cleared_marks.discard(event.name)  # returned by the clear: it was never heard
             return []
         bot = self._bot
+        if bot is not None and event.name == bot.filler_mark:
+            bot.echoed.add(event.name)
+            return []
         if bot is None or all(event.name != mark for _, mark in bot.sentences):
             return []
         bot.echoed.add(event.name)
+        if bot.finished is None and all(mark in bot.echoed for _, mark in bot.sentences):
+            bot.drained_ms = self._media_ms  # the caller has heard all there is: the rest is late from here on
         return self._complete_if_played()
 
     def _complete_if_played(self) -> list[Action]:

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
-from voicebot.routes import DialogState, Route
+from voicebot.routes import DialogState, Route, Stage
 
 CHANNELS = ("twilio", "chat", "replay", "mic")
 # The routes a caller turn is recorded with (the greeting is recorded on the call, prompts not at all).
@@ -52,6 +52,7 @@ class TurnRecord:
     interrupted: bool
     state: DialogState
     latency_ms: dict[str, float | None]  # endpoint, stt, route, llm_first_token, tts_first_audio, first_audio_out
+    failed_stage: Stage | None = None  # the stage that raised or missed its deadline (route `repeat`)
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE calls ADD COLUMN greeting_interrupted INTEGER",
         "ALTER TABLE calls ADD COLUMN greeting_latency_ms TEXT",
     ),
+    (  # 3: a turn whose work failed says which stage failed (the caller heard an apology)
+        "ALTER TABLE turns ADD COLUMN failed_stage TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -402,7 +406,7 @@ class SqliteStore(Store):
             self._require_call(conn, call_id)
             conn.execute(
                 "INSERT OR REPLACE INTO turns (call_id, turn_index, caller_text, route, faq_id, reply_text, "
-                "interrupted, state, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "interrupted, state, latency_ms, failed_stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     call_id,
                     turn.index,
@@ -413,6 +417,7 @@ class SqliteStore(Store):
                     int(turn.interrupted),
                     str(turn.state),
                     json.dumps(turn.latency_ms),
+                    None if turn.failed_stage is None else str(turn.failed_stage),
                 ),
             )
 
@@ -512,8 +517,8 @@ class SqliteStore(Store):
             if row is None:
                 return None
             turns = conn.execute(
-                "SELECT turn_index, caller_text, route, faq_id, reply_text, interrupted, state, latency_ms "
-                "FROM turns WHERE call_id = ? ORDER BY turn_index",
+                "SELECT turn_index, caller_text, route, faq_id, reply_text, interrupted, state, latency_ms, "
+                "failed_stage FROM turns WHERE call_id = ? ORDER BY turn_index",
                 (call_id,),
             ).fetchall()
             ticket_ids = [
@@ -531,8 +536,9 @@ class SqliteStore(Store):
                 "interrupted": bool(interrupted),
                 "state": state,
                 "latency_ms": json.loads(latency_ms),
+                "failed_stage": failed_stage,
             }
-            for index, caller_text, route, faq_id, reply_text, interrupted, state, latency_ms in turns
+            for index, caller_text, route, faq_id, reply_text, interrupted, state, latency_ms, failed_stage in turns
         ]
         return call
 

@@ -1,0 +1,218 @@
+"""CallRunner with the real models, session and store, and engines that fail on cue: raise, hang or crawl.
+
+Each case replays a recorded caller line and asserts what the caller heard (the audio of the line kept in
+memory, found sample for sample in what the virtual phone played, and its text in the record), what was
+recorded, and that the next call is served normally. Failures that raise are replayed lock-step (`speed=0`);
+hangs and slow stages need the media clock to run on while the job is stuck, so they replay in real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voicebot.kb import Company
+from voicebot.prompts import line_texts
+from voicebot.replay import ReplayResult, phone_audio, replay_call
+from voicebot.routes import Line
+from voicebot.store import StoreError
+from voicebot.tts import split_sentences
+
+CALLS = Path(__file__).resolve().parents[1] / "samples" / "calls"
+HANG_S = 6.0  # longer than any deadline, short enough for the test to wait out the stuck thread
+
+
+def caller_line(tmp_path: Path, name: str, end_ms: int) -> Path:
+    """The sample call `name` up to `end_ms` (its caller's first line), without its sidecar's expectations."""
+    audio = phone_audio(CALLS / f"{name}.wav")[: end_ms * 8]
+    path = tmp_path / f"{name}-{end_ms}.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(audio.astype("<i2").tobytes())
+    return path
+
+
+@pytest.fixture
+def returns_question(tmp_path):
+    return caller_line(tmp_path, "faq_returns", 8000)  # "I'd like to return an item, how do I do that?"
+
+
+@pytest.fixture
+def complaint(tmp_path):
+    return caller_line(tmp_path, "complaint_ticket", 9000)  # "... I got charged two times for my order."
+
+
+@pytest.fixture
+def llm_question(tmp_path):
+    return caller_line(tmp_path, "out_of_scope", 7400)  # "can you order me a taxi ...": the LLM declines it
+
+
+def replay(agent, wav: Path, speed: float = 0) -> ReplayResult:
+    return asyncio.run(replay_call(agent, wav, speed=speed, tail_ms=12_000))
+
+
+def position(result: ReplayResult, pcm: np.ndarray) -> int:
+    """Where `pcm` starts in what the caller heard, sample for sample (-1: not there)."""
+    haystack, needle = result.heard.tobytes(), pcm.tobytes()
+    at = haystack.find(needle)
+    while at >= 0 and at % 2:  # a match must start on a sample
+        at = haystack.find(needle, at + 1)
+    return at // 2 if at >= 0 else -1
+
+
+def heard(result: ReplayResult, agent, line: Line) -> bool:
+    return position(result, agent.lines[line]) >= 0
+
+
+def raising(exc: Exception) -> Callable[..., None]:
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
+@pytest.fixture
+def hanging() -> Iterator[Callable[..., Callable[..., None]]]:
+    """Stand-ins that block like a stuck engine (for `HANG_S`, then raise); released when the test ends."""
+    release = threading.Event()
+
+    def make(*_):
+        def hang(*args, **kwargs):
+            release.wait(HANG_S)
+            raise TimeoutError("stuck engine released")
+
+        return hang
+
+    yield make
+    release.set()
+
+
+def slowed(real: Callable, delay_s: float) -> Callable:
+    def slow(*args, **kwargs):
+        time.sleep(delay_s)
+        return real(*args, **kwargs)
+
+    return slow
+
+
+def only_turn(result: ReplayResult) -> dict:
+    (turn,) = result.record["turns"]
+    return turn
+
+
+def serves_normally(agent, wav: Path) -> None:
+    """The next call, with every engine working again, is answered from the KB."""
+    turn = only_turn(replay(agent, wav))
+    assert turn["route"] == "faq" and turn["failed_stage"] is None
+
+
+def test_a_working_call_hears_no_failure_line(agent, returns_question):
+    result = replay(agent, returns_question)
+    assert only_turn(result)["route"] == "faq"
+    assert not any(heard(result, agent, line) for line in (Line.SORRY, Line.NOT_HEARD, Line.ONE_MOMENT))
+
+
+def test_stt_that_raises_asks_the_caller_again(agent, returns_question, monkeypatch):
+    monkeypatch.setattr(agent.transcriber, "transcribe", raising(RuntimeError("CTranslate2 crashed")))
+    result = replay(agent, returns_question)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.NOT_HEARD)
+    turn = only_turn(result)
+    assert (turn["route"], turn["failed_stage"]) == ("repeat", "stt")
+    assert turn["reply_text"] == agent.line_texts[Line.NOT_HEARD]
+    serves_normally(agent, returns_question)
+
+
+def test_stt_that_hangs_is_given_up_on_at_its_deadline(agent, returns_question, monkeypatch, hanging):
+    monkeypatch.setattr(agent.transcriber, "transcribe", hanging())
+    result = replay(agent, returns_question, speed=1)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.ONE_MOMENT) and heard(result, agent, Line.NOT_HEARD)
+    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "stt")
+    serves_normally(agent, returns_question)
+
+
+def test_an_llm_that_raises_is_an_apology(agent, llm_question, returns_question, monkeypatch):
+    monkeypatch.setattr(agent.dialog.llm, "stream", raising(RuntimeError("llama_decode returned -1")))
+    result = replay(agent, llm_question)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.SORRY)
+    turn = only_turn(result)
+    assert (turn["route"], turn["failed_stage"]) == ("repeat", "llm")
+    assert turn["reply_text"].endswith(agent.line_texts[Line.SORRY])
+    serves_normally(agent, returns_question)
+
+
+def test_a_hung_llm_is_bridged_then_given_up_on(agent, llm_question, returns_question, monkeypatch, hanging):
+    monkeypatch.setattr(agent.dialog.llm, "stream", hanging())
+    result = replay(agent, llm_question, speed=1)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.ONE_MOMENT) and heard(result, agent, Line.SORRY)
+    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "llm")
+    serves_normally(agent, returns_question)
+
+
+def test_a_slow_answer_is_bridged_by_one_filler_then_plays(agent, returns_question, monkeypatch):
+    monkeypatch.setattr(agent.dialog.embedder, "encode", slowed(agent.dialog.embedder.encode, 1.6))
+    result = replay(agent, returns_question, speed=1)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.ONE_MOMENT) and not heard(result, agent, Line.SORRY)
+    turn = only_turn(result)
+    assert turn["route"] == "faq" and 1150 <= turn["latency_ms"]["filler"] <= 1400
+    first = split_sentences(agent.dialog.entries[turn["faq_id"]].answer)[0]
+    answer_at = position(result, agent.speech.sentence(first)[0])
+    assert 0 <= position(result, agent.lines[Line.ONE_MOMENT]) < answer_at, "the answer follows the filler, uncut"
+
+
+def test_tts_failing_on_the_ticket_line_withdraws_the_ticket_it_could_not_speak(agent, complaint, monkeypatch):
+    monkeypatch.setattr(agent.speech.synthesizer, "synthesize", raising(RuntimeError("onnxruntime failed")))
+    result = replay(agent, complaint)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.SORRY)
+    turn = only_turn(result)
+    assert (turn["route"], turn["failed_stage"]) == ("repeat", "tts")
+    assert result.record["tickets"] == [], "no ticket the caller was not told of"
+    result = replay(agent, complaint)
+    assert only_turn(result)["route"] == "ticket" and len(result.record["tickets"]) == 1
+
+
+def test_tts_down_for_every_sentence_still_greets_and_apologises(agent, returns_question, monkeypatch):
+    monkeypatch.setattr(agent.speech, "sentence", raising(RuntimeError("Piper voice unloaded")))
+    result = replay(agent, returns_question)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.HELLO) and heard(result, agent, Line.SORRY)
+    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "tts")
+    serves_normally(agent, returns_question)
+
+
+def test_a_store_that_cannot_open_a_ticket_is_an_apology(agent, complaint, returns_question, monkeypatch):
+    monkeypatch.setattr(agent.dialog.store, "create_ticket", raising(StoreError("store calls.db: database is locked")))
+    result = replay(agent, complaint)
+    monkeypatch.undo()
+    assert heard(result, agent, Line.SORRY)
+    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "store")
+    serves_normally(agent, returns_question)
+
+
+def test_a_store_that_cannot_record_turns_leaves_the_call_going(agent, returns_question, monkeypatch):
+    monkeypatch.setattr(agent.dialog.store, "record_turn", raising(StoreError("store calls.db: disk is full")))
+    result = replay(agent, returns_question)
+    monkeypatch.undo()
+    assert result.end_reason == "caller hung up", "the caller, not an exception, ended the call"
+    assert not heard(result, agent, Line.SORRY), "the answer itself was played"
+    assert result.record["turns"] == [] and result.record["ended_at"]
+    serves_normally(agent, returns_question)
+
+
+def test_the_lines_are_the_companys():
+    texts = line_texts(Company(name="Acme Dental"))
+    assert "Acme Dental" in texts[Line.HELLO] and "Acme Dental" in texts[Line.NO_INPUT_BYE]

@@ -36,20 +36,31 @@ class CallControl:
     def from_settings(cls, server: ServerSettings) -> CallControl:
         return cls(server.twilio_account_sid, server.twilio_auth_token, server.twilio_api_url)
 
-    async def transfer(self, call_sid: str, human_number: str) -> None:
-        """Replace the call's TwiML with a `<Dial>` to `human_number`; Twilio then stops our stream."""
+    def cannot_transfer(self, human_number: str) -> str | None:
+        """Why no call can be handed to a person with this configuration, or None when it can."""
         if not human_number:
-            raise CallControlError(
-                f"cannot transfer call {call_sid}: server.human_number is not set "
-                "(set VOICEBOT_SERVER_HUMAN_NUMBER to the number that takes over, e.g. +15550100)"
+            return (
+                "server.human_number is not set (set VOICEBOT_SERVER_HUMAN_NUMBER to the number that takes over, "
+                "e.g. +15550100)"
             )
-        await asyncio.to_thread(self._update, call_sid, "transfer", twiml=dial_human(human_number))
+        if self._client is None:
+            return "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not set, so voicebot may not use Twilio's REST API"
+        return None
+
+    async def transfer(self, call_sid: str, human_number: str, action_url: str) -> None:
+        """Replace the call's TwiML with a `<Dial>` to `human_number`; Twilio then stops our stream, and asks
+        `action_url` what to do once the person hangs up or never answers."""
+        if reason := self.cannot_transfer(human_number):
+            raise CallControlError(f"cannot transfer call {call_sid}: {reason}")
+        if not await asyncio.to_thread(self._update, call_sid, "transfer", twiml=dial_human(human_number, action_url)):
+            raise CallControlError(f"cannot transfer call {call_sid}: Twilio no longer knows the call (HTTP 404)")
 
     async def hangup(self, call_sid: str) -> None:
         """End the call (`status=completed`); a call that is already gone is fine."""
         await asyncio.to_thread(self._update, call_sid, "hang up", status="completed")
 
-    def _update(self, call_sid: str, what: str, **changes: str) -> None:
+    def _update(self, call_sid: str, what: str, **changes: str) -> bool:
+        """Change the call; False when Twilio no longer knows it (the caller hung up first)."""
         if self._client is None:
             raise CallControlError(
                 f"cannot {what} call {call_sid}: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN so voicebot may use "
@@ -60,7 +71,7 @@ class CallControl:
         except TwilioRestException as exc:
             if exc.status == 404:  # the caller hung up first: nothing left to change
                 log.info("call %s was already gone when asked to %s", call_sid, what)
-                return
+                return False
             raise CallControlError(
                 f"cannot {what} call {call_sid}: Twilio answered HTTP {exc.status} "
                 f"(error {exc.code}): {exc.msg}; check the account SID, auth token and the call's state"
@@ -71,3 +82,4 @@ class CallControl:
                 "check the network, or server.twilio_api_url if set"
             ) from exc
         log.info("call %s: %s done", call_sid, what)
+        return True

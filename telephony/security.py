@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MEDIA_PATH = "/media"
 TWIML_PATH = "/twiml"
 STATUS_PATH = "/stream-status"
+DIAL_PATH = "/dial-result"  # Twilio's report on a hand-off's <Dial>: answered, or busy / no answer / failed
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class PublicUrls:
             )
         origin = server.public_url.rstrip("/")
         return cls(origin, "wss://" + origin.removeprefix("https://") + MEDIA_PATH, origin + STATUS_PATH)
+
+    @property
+    def dial_url(self) -> str:
+        return self.origin + DIAL_PATH
 
     def webhook_url(self, path_qs: str) -> str:
         """The URL Twilio requested, for a request that reached us at `path_qs` (path plus query string)."""
@@ -92,6 +97,7 @@ class StreamGrant:
 
     call_sid: str
     caller: str | None
+    no_answer: bool = False  # the call comes back from a hand-off nobody answered: the bot says so first
 
 
 class StreamTokens:
@@ -114,11 +120,12 @@ class StreamTokens:
         self._expire()
         return len(self._issued)
 
-    def issue(self, call_sid: str, caller: str | None) -> str:
+    def issue(self, call_sid: str, caller: str | None, *, no_answer: bool = False) -> str:
         """A fresh token for `call_sid` (a retried webhook replaces the earlier one)."""
         self._expire()
         token = secrets.token_urlsafe(24)
-        self._issued[call_sid] = (token, StreamGrant(call_sid, caller or None), self._clock() + self.ttl_s)
+        grant = StreamGrant(call_sid, caller or None, no_answer)
+        self._issued[call_sid] = (token, grant, self._clock() + self.ttl_s)
         return token
 
     def redeem(self, call_sid: str, token: str) -> StreamGrant | None:

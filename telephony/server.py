@@ -45,15 +45,17 @@ from telephony.protocol import (
     media_message,
 )
 from telephony.security import (
+    DIAL_PATH,
     MEDIA_PATH,
     STATUS_PATH,
     TWIML_PATH,
     PublicUrls,
     SignatureChecker,
+    StreamGrant,
     StreamTokens,
     check_exposure,
 )
-from telephony.twiml import busy_response, connect_stream
+from telephony.twiml import busy_response, connect_stream, hang_up
 from voicebot.agent import VoiceAgent
 from voicebot.audio import ulaw_decode, ulaw_encode
 from voicebot.call_runner import CallRunner
@@ -105,9 +107,11 @@ class StreamTransport:
         control: CallControl,
         human_number: str,
         metrics: ServerMetrics,
+        dial_url: str = "",
     ) -> None:
+        """`dial_url`: where Twilio reports how a hand-off's `<Dial>` ended (`DIAL_PATH`)."""
         self.ws, self.stream_sid, self.call_sid = ws, stream_sid, call_sid
-        self.control, self.human_number, self.metrics = control, human_number, metrics
+        self.control, self.human_number, self.metrics, self.dial_url = control, human_number, metrics, dial_url
         self._queue: deque[bytes | str] = deque()  # mu-law chunks and mark names
         self._wake = asyncio.Event()
         self._started = time.monotonic()
@@ -156,20 +160,23 @@ class StreamTransport:
         self._paused = False
         self._wake.set()
 
-    async def transfer(self, reason: str) -> None:
+    async def transfer(self, reason: str) -> bool:
         log.info("call %s: handing off to a person (%s)", self.call_sid, reason)
-        await self._control(self.control.transfer(self.call_sid, self.human_number))
+        return await self._control(self.control.transfer(self.call_sid, self.human_number, self.dial_url))
 
     async def hangup(self) -> None:
         log.info("call %s: the bot hangs up", self.call_sid)
         await self._control(self.control.hangup(self.call_sid))
 
-    async def _control(self, request: Awaitable[None]) -> None:
+    async def _control(self, request: Awaitable[None]) -> bool:
+        """Carry out a REST request on the call; False (logged and counted) when Twilio refused it."""
         try:
             await request
         except CallControlError as exc:
             self.metrics.errors.inc(kind="call_control")
             log.error("%s", exc)
+            return False
+        return True
 
     async def _send(self, message: str) -> None:
         with contextlib.suppress(ConnectionClosed):  # the caller left; the reader ends the call
@@ -236,6 +243,11 @@ class VoiceServer:
         self.http_port = self.media_port = 0
         self._calls: dict[str, _LiveCall] = {}
         self._draining = False
+        # Checked once at start-up: a hand-off with nowhere to go would say "I'll put you through" and drop the
+        # caller. Without one, callers who ask for a person hear that nobody can be reached and get a ticket.
+        self.no_hand_off = self.control.cannot_transfer(self.server.human_number)
+        if self.no_hand_off:
+            log.warning("hand-off to a person is off: %s; callers who ask for one get a ticket", self.no_hand_off)
         self._http: web.AppRunner | None = None
         self._media: Server | None = None
 
@@ -249,6 +261,7 @@ class VoiceServer:
                 web.post(TWIML_PATH, self._twiml),
                 web.get(TWIML_PATH, self._twiml),
                 web.post(STATUS_PATH, self._stream_status),
+                web.post(DIAL_PATH, self._dial_result),
                 web.get("/healthz", self._healthz),
                 web.get("/metrics", self._metrics),
             ]
@@ -331,6 +344,24 @@ class VoiceServer:
         twiml = connect_stream(self.urls.stream_url, self.urls.status_url, token)
         return web.Response(text=twiml, content_type="text/xml")
 
+    async def _dial_result(self, request: web.Request) -> web.Response:
+        """Twilio's report on a hand-off's `<Dial>`: a call a person answered is over; one nobody answered (busy,
+        no answer, failed) comes back to the bot, which says so and offers a ticket, instead of dropping."""
+        params = await request.post()
+        if not self.signatures.webhook_ok(request.raw_path, params, request.headers.get(SIGNATURE_HEADER)):
+            return self._forbidden("dial_signature", request)
+        call_sid, status = params.get("CallSid"), params.get("DialCallStatus", "")
+        if not call_sid:
+            raise web.HTTPBadRequest(text="CallSid is missing: this URL is the action of voicebot's hand-off <Dial>")
+        if status in ("completed", "answered"):
+            log.info("call %s: the person's call ended (%s)", call_sid, status)
+            return web.Response(text=hang_up(), content_type="text/xml")
+        self.metrics.errors.inc(kind="handoff_unanswered")
+        log.warning("call %s: nobody took the hand-off (%s); the bot takes the call back", call_sid, status)
+        token = self.tokens.issue(call_sid, params.get("From"), no_answer=True)
+        twiml = connect_stream(self.urls.stream_url, self.urls.status_url, token)
+        return web.Response(text=twiml, content_type="text/xml")
+
     async def _stream_status(self, request: web.Request) -> web.Response:
         params = await request.post()
         if not self.signatures.webhook_ok(request.raw_path, params, request.headers.get(SIGNATURE_HEADER)):
@@ -390,7 +421,7 @@ class VoiceServer:
             log.warning("call %s: stream token missing, wrong, reused or expired; closing", start.call_sid)
             await ws.close(1008, "stream token missing, wrong, reused or expired")
             return
-        await self._run_call(ws, parser, start, grant.caller)
+        await self._run_call(ws, parser, start, grant)
 
     async def _read_start(self, ws: ServerConnection, parser: StreamParser) -> Start:
         while True:
@@ -409,12 +440,12 @@ class VoiceServer:
         log.warning("media socket closed on a protocol error: %s", exc)
         await ws.close(1003 if exc.kind == "binary_frame" else 1002, str(exc)[:120])
 
-    async def _run_call(self, ws: ServerConnection, parser: StreamParser, start: Start, caller: str | None) -> None:
-        call_sid = start.call_sid
+    async def _run_call(self, ws: ServerConnection, parser: StreamParser, start: Start, grant: StreamGrant) -> None:
+        call_sid, caller = start.call_sid, grant.caller
         transport = StreamTransport(
-            ws, start.stream_sid, call_sid, self.control, self.server.human_number, self.metrics
+            ws, start.stream_sid, call_sid, self.control, self.server.human_number, self.metrics, self.urls.dial_url
         )
-        session, conversation = self.agent.open_call(call_sid, caller, "twilio")
+        session, conversation = self.agent.open_call(call_sid, caller, "twilio", can_hand_off=not self.no_hand_off)
         runner = CallRunner(self.agent, session, conversation, transport)
         call = self._calls[call_sid] = _LiveCall(runner)
         self.metrics.calls_total.inc()
@@ -422,7 +453,7 @@ class VoiceServer:
         running = asyncio.create_task(runner.run())
         reading = asyncio.create_task(self._read_call(ws, parser, runner, transport))
         transport.start()
-        runner.push(CallStarted(time.monotonic()))
+        runner.push(CallStarted(time.monotonic(), after_no_answer=grant.no_answer))
         try:
             await asyncio.wait({running, reading}, return_when=asyncio.FIRST_COMPLETED)
             if not running.done():  # the caller left, or the stream broke: end the session

@@ -38,6 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from telephony.protocol import Clear, Mark, Play, TwilioStreamWriter, parse_outbound
+from telephony.security import DIAL_PATH
 from voicebot.audio import ulaw_decode, ulaw_encode, write_wav_pcm16
 from voicebot.playback import PlaybackBuffer
 from voicebot.replay import FRAME, FRAME_MS, RATE, phone_audio, sidecar_dtmf
@@ -123,22 +124,27 @@ def _signature(token: str, url: str, params: dict[str, str]) -> dict[str, str]:
     return {SIGNATURE_HEADER: RequestValidator(token).compute_signature(url, params)} if token else {}
 
 
-async def fetch_twiml(endpoint: Endpoint, call_sid: str, caller: str) -> str:
-    """POST the voice webhook as Twilio does for an incoming call; the TwiML text."""
+async def fetch_twiml(endpoint: Endpoint, call_sid: str, caller: str, dial_status: str | None = None) -> str:
+    """POST the voice webhook as Twilio does for an incoming call; the TwiML text. With `dial_status`
+    ("no-answer", "busy", "completed"), POST the hand-off's `<Dial action>` instead, as Twilio does when the
+    dialled person's call ends or never starts."""
     params = {
         "CallSid": call_sid,
         "AccountSid": endpoint.account_sid,
         "From": caller,
         "To": "+15550100000",
-        "CallStatus": "ringing",
+        "CallStatus": "ringing" if dial_status is None else "in-progress",
         "Direction": "inbound",
         "ApiVersion": "2010-04-01",
     }
-    public = (endpoint.public_url or endpoint.url).rstrip("/") + "/twiml"
+    path = "/twiml" if dial_status is None else DIAL_PATH
+    if dial_status is not None:
+        params["DialCallStatus"] = dial_status
+    public = (endpoint.public_url or endpoint.url).rstrip("/") + path
     headers = _signature(endpoint.auth_token, public, params)
     async with (
         aiohttp.ClientSession() as http,
-        http.post(endpoint.url.rstrip("/") + "/twiml", data=params, headers=headers) as response,
+        http.post(endpoint.url.rstrip("/") + path, data=params, headers=headers) as response,
     ):
         text = await response.text()
         if response.status != 200:
@@ -257,17 +263,19 @@ async def simulate_call(
     send_stop: bool = True,
     quiet_ms: int = 1500,
     max_tail_ms: int = 30_000,
+    dial_status: str | None = None,
 ) -> SimulatedCall:
     """Place one call with the recording `wav` as the caller's voice.
 
     After the recording the caller stays on the line (silence frames) until the bot has been quiet for
     `quiet_ms` (at most `max_tail_ms`), then hangs up with `stop`; the server may end the call first.
     `hang_up_at_ms` hangs up earlier, at that call time; with `send_stop=False` the connection just drops.
+    `dial_status` places the call's return from a hand-off that ended that way (see `fetch_twiml`).
     """
     if speed <= 0:
         raise ValueError(f"speed must be above 0 (1 is real time), got {speed}")
     call_sid = call_sid or "CA" + secrets.token_hex(16)
-    twiml = await fetch_twiml(endpoint, call_sid, caller)
+    twiml = await fetch_twiml(endpoint, call_sid, caller, dial_status)
     result = SimulatedCall(call_sid, twiml)
     target = stream_target(twiml)
     if target is None:

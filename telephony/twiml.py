@@ -40,8 +40,19 @@ def busy_response(company_name: str, human_number: str | None) -> str:
     return str(response)
 
 
-def dial_human(human_number: str) -> str:
-    """The TwiML a live call is switched to when it is handed to a person."""
+DIAL_TIMEOUT_S = 25  # rings before Twilio gives up on the person and asks `action` what to do
+
+
+def hang_up() -> str:
+    """The answer to a hand-off that was answered and is over: the call ends."""
     response = VoiceResponse()
-    response.dial(human_number)
+    response.hangup()
+    return str(response)
+
+
+def dial_human(human_number: str, action_url: str, timeout_s: int = DIAL_TIMEOUT_S) -> str:
+    """The TwiML a live call is switched to when it is handed to a person. When the dialled call ends or is
+    never answered, Twilio asks `action_url` what next: voicebot takes the call back rather than let it drop."""
+    response = VoiceResponse()
+    response.dial(human_number, action=action_url, method="POST", timeout=timeout_s)
     return str(response)

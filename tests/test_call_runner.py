@@ -121,43 +121,39 @@ def test_a_working_call_hears_no_failure_line(agent, returns_question):
     assert not any(heard(result, agent, line) for line in (Line.SORRY, Line.NOT_HEARD, Line.ONE_MOMENT))
 
 
-def test_stt_that_raises_asks_the_caller_again(agent, returns_question, monkeypatch):
-    monkeypatch.setattr(agent.transcriber, "transcribe", raising(RuntimeError("CTranslate2 crashed")))
-    result = replay(agent, returns_question)
+# A fault per engine: which engine, what it does, how the call is replayed, the lines the caller must hear,
+# and the stage the turn is recorded with.
+FAULTS = {
+    "stt-raises": ("returns_question", "transcriber", "transcribe", "raises", (Line.NOT_HEARD,), "stt"),
+    "stt-hangs": ("returns_question", "transcriber", "transcribe", "hangs", (Line.ONE_MOMENT, Line.NOT_HEARD), "stt"),
+    "llm-raises": ("llm_question", "dialog.llm", "stream", "raises", (Line.SORRY,), "llm"),
+    "llm-hangs": ("llm_question", "dialog.llm", "stream", "hangs", (Line.ONE_MOMENT, Line.SORRY), "llm"),
+    "tts-down": ("returns_question", "speech", "sentence", "raises", (Line.HELLO, Line.SORRY), "tts"),
+    "store-ticket": ("complaint", "dialog.store", "create_ticket", "store", (Line.SORRY,), "store"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_failing_engine_is_heard_as_an_apology_and_the_next_call_is_served(
+    agent, request, returns_question, monkeypatch, hanging, fault
+):
+    call, engine, method, how, lines, stage = FAULTS[fault]
+    target = agent
+    for name in engine.split("."):
+        target = getattr(target, name)
+    stand_in = {
+        "raises": raising(RuntimeError(f"{engine} crashed")),
+        "store": raising(StoreError("store calls.db: database is locked")),
+        "hangs": hanging(),
+    }[how]
+    monkeypatch.setattr(target, method, stand_in)
+    result = replay(agent, request.getfixturevalue(call), speed=1 if how == "hangs" else 0)
     monkeypatch.undo()
-    assert heard(result, agent, Line.NOT_HEARD)
+    assert all(heard(result, agent, line) for line in lines), [line for line in lines if not heard(result, agent, line)]
     turn = only_turn(result)
-    assert (turn["route"], turn["failed_stage"]) == ("repeat", "stt")
-    assert turn["reply_text"] == agent.line_texts[Line.NOT_HEARD]
-    serves_normally(agent, returns_question)
-
-
-def test_stt_that_hangs_is_given_up_on_at_its_deadline(agent, returns_question, monkeypatch, hanging):
-    monkeypatch.setattr(agent.transcriber, "transcribe", hanging())
-    result = replay(agent, returns_question, speed=1)
-    monkeypatch.undo()
-    assert heard(result, agent, Line.ONE_MOMENT) and heard(result, agent, Line.NOT_HEARD)
-    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "stt")
-    serves_normally(agent, returns_question)
-
-
-def test_an_llm_that_raises_is_an_apology(agent, llm_question, returns_question, monkeypatch):
-    monkeypatch.setattr(agent.dialog.llm, "stream", raising(RuntimeError("llama_decode returned -1")))
-    result = replay(agent, llm_question)
-    monkeypatch.undo()
-    assert heard(result, agent, Line.SORRY)
-    turn = only_turn(result)
-    assert (turn["route"], turn["failed_stage"]) == ("repeat", "llm")
-    assert turn["reply_text"].endswith(agent.line_texts[Line.SORRY])
-    serves_normally(agent, returns_question)
-
-
-def test_a_hung_llm_is_bridged_then_given_up_on(agent, llm_question, returns_question, monkeypatch, hanging):
-    monkeypatch.setattr(agent.dialog.llm, "stream", hanging())
-    result = replay(agent, llm_question, speed=1)
-    monkeypatch.undo()
-    assert heard(result, agent, Line.ONE_MOMENT) and heard(result, agent, Line.SORRY)
-    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "llm")
+    assert (turn["route"], turn["failed_stage"]) == ("repeat", stage)
+    assert turn["reply_text"].endswith(agent.line_texts[lines[-1]])
+    assert result.record["tickets"] == []
     serves_normally(agent, returns_question)
 
 
@@ -183,24 +179,6 @@ def test_tts_failing_on_the_ticket_line_withdraws_the_ticket_it_could_not_speak(
     assert result.record["tickets"] == [], "no ticket the caller was not told of"
     result = replay(agent, complaint)
     assert only_turn(result)["route"] == "ticket" and len(result.record["tickets"]) == 1
-
-
-def test_tts_down_for_every_sentence_still_greets_and_apologises(agent, returns_question, monkeypatch):
-    monkeypatch.setattr(agent.speech, "sentence", raising(RuntimeError("Piper voice unloaded")))
-    result = replay(agent, returns_question)
-    monkeypatch.undo()
-    assert heard(result, agent, Line.HELLO) and heard(result, agent, Line.SORRY)
-    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "tts")
-    serves_normally(agent, returns_question)
-
-
-def test_a_store_that_cannot_open_a_ticket_is_an_apology(agent, complaint, returns_question, monkeypatch):
-    monkeypatch.setattr(agent.dialog.store, "create_ticket", raising(StoreError("store calls.db: database is locked")))
-    result = replay(agent, complaint)
-    monkeypatch.undo()
-    assert heard(result, agent, Line.SORRY)
-    assert (only_turn(result)["route"], only_turn(result)["failed_stage"]) == ("repeat", "store")
-    serves_normally(agent, returns_question)
 
 
 def test_a_store_that_cannot_record_turns_leaves_the_call_going(agent, returns_question, monkeypatch):

@@ -165,6 +165,31 @@ def test_a_bare_ticket_request_is_summarised_from_the_turn_before(engine: Dialog
     assert "oak dining table" in summary and "open a ticket" in summary
 
 
+def test_a_yes_takes_up_the_ticket_offered_when_no_colleague_can_take_the_call(engine: DialogEngine) -> None:
+    conversation = engine.conversation(new_call_id("chat"), "+15550100199", "chat", can_hand_off=False)
+    say(conversation, "the courier threw my parcel over the fence")
+    asked, spoken = say(conversation, "can I speak to a real person please")
+    assert (asked.route, asked.action, spoken) == ("fallback", None, prompts.NO_COLLEAGUE_LINE)
+    reply, spoken = say(conversation, "yes please")
+    assert reply.route == "ticket" and speak_ticket_id(reply.ticket_id) in spoken
+    conversation.end()
+    assert engine.store.get_call(conversation.call_id)["handoff"] is None
+
+
+def test_a_no_lets_the_offer_go(engine: DialogEngine) -> None:
+    conversation = engine.conversation(new_call_id("chat"), "+15550100199", "chat", can_hand_off=False)
+    say(conversation, "can I speak to a real person please")
+    reply, _ = say(conversation, "no thanks")
+    assert reply.route not in ("ticket", "handoff") and not engine.store.tickets_for_call(conversation.call_id)
+
+
+def test_the_same_problem_said_again_in_other_words_keeps_its_ticket(engine: DialogEngine) -> None:
+    conversation = call(engine)
+    first, _ = say(conversation, "I was charged twice for my order")
+    again, spoken = say(conversation, "you billed me two times for the same order")
+    assert first.route == again.route == "ticket" and again.ticket_id == first.ticket_id and "already" in spoken
+
+
 # ---------------------------------------------------------------- hand-off and goodbye
 
 
@@ -184,13 +209,15 @@ def test_no_hand_off_when_the_caller_says_they_dont_need_one(engine: DialogEngin
     assert reply.action is None and reply.route in ("faq", "llm")
 
 
-def test_hand_off_after_two_failed_turns(engine: DialogEngine) -> None:
+def test_no_match_is_declined_then_offered_a_way_out_then_handed_off(engine: DialogEngine) -> None:
     conversation = call(engine)
     first, spoken = say(conversation, "what's the capital of Australia")
     assert first.low_confidence and first.action is None
     assert all(grounding.check_ungrounded(sentence).ok for sentence in prompts.split_sentences(spoken))
-    second, _ = say(conversation, "who won the football game last night")
-    assert (second.route, second.action, second.reason) == ("handoff", "transfer", "failed_turns")
+    second, spoken = say(conversation, "who won the football game last night")
+    assert (second.route, spoken) == ("fallback", prompts.FALLBACK_LINE)
+    third, _ = say(conversation, "what will the weather be like on Sunday")
+    assert (third.route, third.action, third.reason) == ("handoff", "transfer", "failed_turns")
     conversation.end()
     record = engine.store.get_call(conversation.call_id)
     assert record["handoff"] == "failed_turns"

@@ -11,7 +11,7 @@ import pytest
 from voicebot.intents import IntentMatch, Kind, read_cues
 from voicebot.kb import KbEntry
 from voicebot.retrieval import Hit, Match, Thresholds, ThresholdSource
-from voicebot.routes import DialogState, HandoffReason, Route
+from voicebot.routes import DialogState, HandoffReason, Offer, Route
 from voicebot.routing import Context, Turn, decide
 
 LIMITS = Thresholds(faq=0.75, grounded=0.35, margin=0.03, source=ThresholdSource.DEFAULT, expected_precision=None)
@@ -114,7 +114,11 @@ def test_ambiguous_statements_ask_the_classifier_and_its_label_is_gated() -> Non
 def test_failed_turns_and_frustration_hand_off() -> None:
     assert decide(turn("what's the capital of Australia", [hit(HOURS, 0.1)])).low_confidence
     second = decide(turn("who won the football", [hit(HOURS, 0.1)], Context(failed_turns=1)))
-    assert (second.route, second.reason) == (Route.HANDOFF, HandoffReason.FAILED_TURNS)
+    assert second.route is Route.FALLBACK and second.low_confidence, "the second: a ticket or a colleague offered"
+    third = decide(turn("what's the weather", [hit(HOURS, 0.1)], Context(failed_turns=2)))
+    assert (third.route, third.reason) == (Route.HANDOFF, HandoffReason.FAILED_TURNS)
+    not_understood = decide(turn("whirr grr the", [hit(HOURS, 0.1)], Context(misheard_turns=2), misheard=True))
+    assert (not_understood.route, not_understood.reason) == (Route.HANDOFF, HandoffReason.FAILED_TURNS)
     first = decide(turn("this is useless", [hit(HOURS, 0.2)]))
     assert first.frustrated and first.route is not Route.HANDOFF
     again = decide(turn("you're not helping at all", [hit(HOURS, 0.2)], Context(frustration=1)))
@@ -142,3 +146,29 @@ def test_doubtful_words_are_answered_from_the_kb_but_never_acted_on() -> None:
     assert (decision.route, decision.entry_id) == (Route.FAQ, "emergency")
     decision = decide(turn("when are you opened on saturday", [hit(HOURS, 0.5)], misheard=True))
     assert (decision.route, decision.entry_id) == (Route.LLM, "hours")
+
+
+@pytest.mark.parametrize("text", ["yes please", "sure", "go ahead", "yeah do that", "okay, that would be great"])
+def test_a_plain_yes_takes_up_the_offer_just_made(text: str) -> None:
+    hits = [hit(HOURS, 0.2)]
+    ticket = decide(turn(text, hits, context=Context(offer=Offer.TICKET)))
+    assert ticket.route is Route.TICKET, ticket.why
+    colleague = decide(turn(text, hits, context=Context(offer=Offer.HANDOFF)))
+    assert (colleague.route, colleague.reason) == (Route.HANDOFF, HandoffReason.REQUESTED)
+    either = decide(turn(text, hits, context=Context(offer=Offer.EITHER)))
+    assert either.route is Route.REPEAT and either.which_offer, "a yes to 'a ticket or a colleague' is asked which"
+    assert decide(turn(text, hits)).route not in (Route.TICKET, Route.HANDOFF), "no offer, nothing to take up"
+
+
+@pytest.mark.parametrize("text", ["no thanks", "no", "not now", "I'm fine", "yes, but how long does it take?"])
+def test_a_no_or_a_question_does_not_take_up_the_offer(text: str) -> None:
+    for offer in Offer:
+        decision = decide(turn(text, [hit(HOURS, 0.2)], context=Context(offer=offer)))
+        assert decision.route not in (Route.TICKET, Route.HANDOFF) and not decision.which_offer, (offer, decision)
+
+
+def test_an_explicit_request_wins_over_the_offer() -> None:
+    offered = Context(offer=Offer.TICKET)
+    assert decide(turn("no, put me through to a person", [hit(HOURS, 0.2)], context=offered)).route is Route.HANDOFF
+    decision = decide(turn("yes, open a ticket please", [hit(HOURS, 0.2)], context=Context(offer=Offer.EITHER)))
+    assert decision.route is Route.TICKET

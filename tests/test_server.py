@@ -32,14 +32,16 @@ from websockets.exceptions import ConnectionClosed
 from telephony.call_control import CallControl
 from telephony.metrics import Registry, ServerMetrics
 from telephony.protocol import Play, TwilioStreamWriter, parse_outbound
+from telephony.security import DIAL_PATH
 from telephony.server import StreamTransport, VoiceServer, _chunks
 from telephony.simulator import Endpoint, SimulatedCall, fetch_twiml, simulate_call, stream_target
 from telephony.twiml import dial_human
-from voicebot import cli
+from voicebot import cli, prompts
 from voicebot.agent import build_agent
 from voicebot.audio import Resampler, pcm16_to_float
 from voicebot.config import ServerSettings, Settings
 from voicebot.kb import SAMPLE_KB
+from voicebot.routes import Line
 
 CALLS = SAMPLE_CALLS
 AC = "AC" + "5" * 32
@@ -178,7 +180,7 @@ def assert_expected(call: SimulatedCall, record: dict, expect: dict, fake: FakeT
     assert record["ended_at"] is not None
     requests = fake.for_call(call.call_sid)
     if expect["handoff"]:
-        assert [r.form["Twiml"] for r in requests] == [dial_human(HUMAN)]
+        assert [r.form["Twiml"] for r in requests] == [dial_human(HUMAN, PUBLIC + DIAL_PATH)]
     elif expect["hangup"]:
         assert [r.form for r in requests] == [{"Status": "completed"}]
     else:
@@ -531,6 +533,115 @@ def test_three_concurrent_calls_stay_isolated(settings, agent, fake_twilio):
             heard = await asyncio.to_thread(_transcribe_heard, agent, call.heard)
             overlaps = [len(heard & words) / max(1, len(words)) for words in replies]
             assert overlaps.index(max(overlaps)) == i, (names[i], overlaps, heard)
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+# ---------------------------------------------------------------- hand-off that never drops the caller
+
+
+def call_named(name: str) -> Path:
+    return next(c for c in CALLS if c.stem == name)
+
+
+def heard_words(agent, call: SimulatedCall) -> set[str]:
+    return _transcribe_heard(agent, call.heard)
+
+
+@pytest.mark.parametrize(
+    ("rest", "gone"),
+    [
+        ({"twilio_api_url": "http://127.0.0.1:9"}, False),  # Twilio's API unreachable
+        ({"twilio_account_sid": "AC" + "7" * 32}, False),  # credentials Twilio refuses: HTTP 401
+        ({}, True),  # Twilio no longer knows the call: HTTP 404
+    ],
+    ids=["api-down", "http-401", "http-404"],
+)
+def test_a_transfer_twilio_refuses_keeps_the_caller_and_offers_a_ticket(settings, agent, fake_twilio, rest, gone):
+    call_sid = "CA" + secrets.token_hex(16)
+    if gone:
+        fake_twilio.gone.add(call_sid)
+
+    async def scenario(server: VoiceServer) -> None:
+        call = await place_call(server, call_named("human_request"), call_sid=call_sid)
+        await until_idle(server)
+        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        assert not call.closed_by_server, "the caller stays on the line, with the bot"
+        assert record["handoff"] is None, "nobody took the call: it was not handed off"
+        routes = [(t["route"], t["failed_stage"]) for t in record["turns"]]
+        assert routes == [("handoff", None), ("fallback", "transfer")]
+        assert record["turns"][1]["reply_text"] == prompts.NO_COLLEAGUE_LINE
+        assert {"colleague", "ticket"} <= await asyncio.to_thread(heard_words, agent, call)
+        assert await metric(server, 'voicebot_errors_total{kind="call_control"}') == 1
+        after = await place_call(server, call_named("faq_returns"))
+        await until_idle(server)
+        next_record = await asyncio.to_thread(agent.dialog.store.get_call, after.call_sid)
+        assert [t["route"] for t in next_record["turns"]] == ["faq"], "the next call is served normally"
+
+    run_server(settings, agent, fake_twilio, scenario, **rest)
+
+
+def test_an_llm_that_fails_mid_call_is_heard_as_an_apology_and_the_next_call_is_served(
+    settings, agent, fake_twilio, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("llama_decode returned -1")
+
+    async def scenario(server: VoiceServer) -> None:
+        monkeypatch.setattr(agent.dialog.llm, "stream", broken)
+        call = await place_call(server, call_named("out_of_scope"))
+        await until_idle(server)
+        monkeypatch.undo()
+        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        assert [(t["route"], t["failed_stage"]) for t in record["turns"]] == [("repeat", "llm")]
+        assert record["turns"][0]["reply_text"] == agent.line_texts[Line.SORRY]
+        assert {"sorry", "wrong", "again"} <= await asyncio.to_thread(heard_words, agent, call)
+        assert not call.closed_by_server, "the caller stays on the line"
+        after = await place_call(server, call_named("faq_returns"))
+        await until_idle(server)
+        next_record = await asyncio.to_thread(agent.dialog.store.get_call, after.call_sid)
+        assert [t["route"] for t in next_record["turns"]] == ["faq"]
+
+    run_server(settings, agent, fake_twilio, scenario)
+
+
+def test_without_a_human_number_a_request_for_a_person_is_offered_a_ticket(settings, agent, fake_twilio, caplog):
+    async def scenario(server: VoiceServer) -> None:
+        assert server.no_hand_off and "server.human_number" in server.no_hand_off
+        call = await place_call(server, call_named("human_request"))
+        await until_idle(server)
+        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        assert [t["route"] for t in record["turns"]] == ["fallback"] and record["handoff"] is None
+        assert record["turns"][0]["reply_text"] == prompts.NO_COLLEAGUE_LINE
+        assert fake_twilio.requests == [], "no transfer is tried with nowhere to send the caller"
+
+    with caplog.at_level("WARNING", logger="telephony.server"):
+        run_server(settings, agent, fake_twilio, scenario, human_number="")
+    assert any("hand-off to a person is off" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hand_off_nobody_answers_comes_back_to_the_bot(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        call = await place_call(server, call_named("human_request"))
+        await until_idle(server)
+        assert (await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid))["handoff"] == "requested"
+        # Nobody picks up: Twilio asks the <Dial>'s action what next, and the caller is back with the bot.
+        back = await place_call(server, call_named("silence_noise"), call_sid=call.call_sid, dial_status="no-answer")
+        await until_idle(server)
+        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        assert record["handoff"] is None and record["ended_at"] is not None
+        assert [(t["index"], t["route"], t["failed_stage"]) for t in record["turns"]] == [
+            (0, "handoff", None),
+            (1, "fallback", "transfer"),
+        ]
+        assert {"colleague", "ticket"} <= await asyncio.to_thread(heard_words, agent, back)
+        assert await metric(server, 'voicebot_errors_total{kind="handoff_unanswered"}') == 1
+        # A person answered and the call is over: it ends there.
+        form = {**webhook_form(call.call_sid), "DialCallStatus": "completed"}
+        status, _, twiml = await http(server, "POST", DIAL_PATH, data=form, headers=signed(PUBLIC + DIAL_PATH, form))
+        assert status == 200 and "<Hangup" in twiml
+        status, _, _ = await http(server, "POST", DIAL_PATH, data=form, headers=signed(PUBLIC + DIAL_PATH, {}))
+        assert status == 403, "the dial report is signed like every webhook"
 
     run_server(settings, agent, fake_twilio, scenario)
 

@@ -15,6 +15,7 @@ from session_driver import FRAME, Driver, greet, of, take_turn
 
 from voicebot.routes import CallAction, ReplyKind
 from voicebot.session import (
+    CallEnded,
     CallerHungUp,
     Cancel,
     ClearAudio,
@@ -30,6 +31,7 @@ from voicebot.session import (
     Transcribe,
     Transcribed,
     Transfer,
+    TransferDone,
     Withdraw,
     is_backchannel,
 )
@@ -177,7 +179,8 @@ def test_dtmf_zero_asks_for_a_human_and_transfers_after_the_reply(vad):
     assert d.send(DtmfIn("7", d.t)) == [], "unmapped digits are ignored"
     marks = d.speak(respond.job, ["Connecting you to a colleague now."], action=CallAction.TRANSFER)
     out = d.send(MarkEchoed(marks[0], d.t))
-    assert of(Transfer, out) and d.session.ended
+    assert of(Transfer, out) and not d.session.ended, "the call ends when the transfer is accepted"
+    assert d.send(TransferDone(True, d.t)) == [CallEnded("transferred to a human")] and d.session.ended
 
 
 def test_caller_hanging_up_cancels_work_and_ends(vad, utterance):

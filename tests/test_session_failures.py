@@ -13,11 +13,13 @@ from session_driver import Driver, greet, of, take_turn
 
 from voicebot.kb import Company
 from voicebot.prompts import line_texts
-from voicebot.routes import Line, Route, Stage
+from voicebot.routes import CallAction, Line, Route, Stage
 from voicebot.session import (
+    CallStarted,
     Cancel,
     ClearAudio,
     CommitTurn,
+    DtmfIn,
     Hangup,
     JobFailed,
     MarkEchoed,
@@ -29,6 +31,8 @@ from voicebot.session import (
     SessionOptions,
     Transcribe,
     Transcribed,
+    Transfer,
+    TransferDone,
     Withdraw,
 )
 from voicebot.stt import Transcript
@@ -271,3 +275,24 @@ def test_a_failure_report_for_a_job_no_longer_awaited_changes_nothing(vad, utter
     (mark,) = d.speak(respond.job, ["It is on its way."])
     d.send(MarkEchoed(mark, d.t))
     assert d.send(JobFailed(respond.job, Stage.LLM, d.t)) == []
+
+
+def test_a_failed_transfer_never_drops_the_caller(vad):
+    d = greeted(vad)
+    (respond,) = of(Respond, d.send(DtmfIn("0", d.t)))
+    (mark,) = d.speak(respond.job, ["Sure. I'll put you through to a colleague now."], action=CallAction.TRANSFER)
+    assert of(Transfer, d.send(MarkEchoed(mark, d.t)))
+    out = d.send(TransferDone(False, d.t))
+    assert not d.session.ended
+    assert RecordTurn(Route.FALLBACK, "", LINES[Line.NO_COLLEAGUE], failed_stage=Stage.TRANSFER) in out
+    hear(d, line_played(out, Line.NO_COLLEAGUE))
+    assert not d.session.ended and not d.session.bot_speaking
+
+
+def test_a_call_back_from_an_unanswered_hand_off_opens_with_the_apology(vad):
+    d = Driver(vad)
+    out = d.send(CallStarted(0.0, after_no_answer=True))
+    assert not of(Respond, out), "no greeting: the caller has heard it"
+    assert RecordTurn(Route.FALLBACK, "", LINES[Line.NO_COLLEAGUE], failed_stage=Stage.TRANSFER) in out
+    hear(d, line_played(out, Line.NO_COLLEAGUE))
+    assert d.session.greeting_played == LINES[Line.NO_COLLEAGUE]

@@ -108,10 +108,13 @@ class VoiceAgent:
         log.info("warm-up: %.1f s, %d sentences synthesized ahead", warm, made)
         return warm
 
-    def open_call(self, call_id: str, caller: str | None, channel: str) -> tuple[CallSession, Conversation]:
-        """A fresh session and conversation for one call."""
+    def open_call(
+        self, call_id: str, caller: str | None, channel: str, *, can_hand_off: bool = True
+    ) -> tuple[CallSession, Conversation]:
+        """A fresh session and conversation for one call; `can_hand_off` False where no person can take over
+        (requests for one are then offered a ticket)."""
         session = CallSession(self.vad.stream(self.vad_options), self.session_options, self.line_texts)
-        return session, self.dialog.conversation(call_id, caller, channel)
+        return session, self.dialog.conversation(call_id, caller, channel, can_hand_off=can_hand_off)
 
 
 def build_agent(

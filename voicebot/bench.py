@@ -4,7 +4,7 @@ Numbers, not assertions: the machine is shared and noisy, so the benchmark print
 and writes them as JSON for comparison between changes. What it measures, per caller turn:
 `first_audio_out` (caller stops talking → first bot audio leaves, the number callers feel), split into
 endpoint (VAD silence wait), stt (waiting for the transcript after the endpoint), route, llm_first_token and
-tts_first_audio; and for speech over the bot, the caller's first sound (from the call's sidecar) → the bot
+tts_first_audio, and `filler` (when "One moment." bridged a slow answer); and for speech over the bot, the caller's first sound (from the call's sidecar) → the bot
 silent at the caller's ear (it stops sending, then the phone plays what it holds, at most `SENT_AHEAD_MS`) and
 → `clear` sent once Whisper has read real words. Targets (p50, 2 cores, embedded models): knowledge-base
 answer < 700 ms, LLM answer < 1200 ms, bot silent < 400 ms after the caller talks over it.
@@ -26,7 +26,16 @@ from voicebot.playback import SENT_AHEAD_MS
 from voicebot.replay import replay_call
 
 TARGETS_MS = {"faq": 700.0, "llm": 1200.0, "barge_in": 400.0}
-STAGES = ("endpoint", "stt", "stt_compute", "route", "llm_first_token", "tts_first_audio", "first_audio_out")
+STAGES = (
+    "endpoint",
+    "stt",
+    "stt_compute",
+    "route",
+    "llm_first_token",
+    "tts_first_audio",
+    "first_audio_out",
+    "filler",
+)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from voicebot.session import (
     Transcribe,
     Transcribed,
     Transfer,
+    TransferDone,
     Withdraw,
 )
 from voicebot.store import StoreError
@@ -60,7 +61,9 @@ class Transport(Protocol):
     async def clear(self) -> None: ...
     async def pause(self) -> None: ...
     async def resume(self) -> None: ...
-    async def transfer(self, reason: HandoffReason) -> None: ...
+    async def transfer(self, reason: HandoffReason) -> bool:
+        """Hand the call to a person; False when that failed (the call goes on with the bot)."""
+
     async def hangup(self) -> None: ...
 
 
@@ -158,7 +161,8 @@ class CallRunner:
             case RecordTurn():
                 self._record(action)
             case Transfer():
-                await self.transport.transfer(action.reason)
+                accepted = await self.transport.transfer(action.reason)
+                self.push(TransferDone(accepted, self.clock()))
             case Hangup():
                 await self.transport.hangup()
             case CallEnded():

@@ -39,15 +39,19 @@ from voicebot.kb import Company, load_knowledge_base
 from voicebot.llm import LlamaChat, Message, load_llm
 from voicebot.reply_writer import ReplyWriter, Written
 from voicebot.retrieval import FaqIndex
-from voicebot.routes import CallAction, DialogState, HandoffReason, ReplyKind, Route, Stage
+from voicebot.routes import CallAction, DialogState, HandoffReason, Offer, ReplyKind, Route, Stage
 from voicebot.routing import Context, Decision, Turn, decide
 from voicebot.store import Ticket, TurnRecord, speak_ticket_id
 
 log = logging.getLogger(__name__)
 
-# Two complaints in one call are the same issue when they share a category or their words are this close
-# (cosine of MiniLM embeddings): "the boiler is broken" then "I want my money back for the boiler".
+# Two complaints in one call are the same issue when their words are this close (cosine of MiniLM embeddings:
+# "the boiler is broken" / "I want my money back for the boiler" 0.61), or this close in the same category
+# ("my parcel arrived damaged" / "the box was smashed when it came" 0.53). Unrelated problems measured 0.12-0.25
+# ("my parcel arrived damaged" / "you charged me twice on my card"), 0.54 across categories ("my order never
+# arrived" / "I was charged twice for my order").
 SAME_ISSUE_SIMILARITY = 0.6
+SAME_CATEGORY_SIMILARITY = 0.4
 # A summary is the caller's own words; a turn this short ("it's broken") or one that only asks for a ticket
 # ("yes, open a ticket") borrows the caller's turn before, where the issue was described.
 SHORT_TURN_WORDS = 3
@@ -58,7 +62,7 @@ FILLERS = re.compile(r"\b(?:um+|uh+|er+|erm|you know|like I said)\b[,]?\s*", re.
 class Recorder(Protocol):
     """What the dialog needs of the store: the call's record and its tickets (`voicebot.store.Store` is one)."""
 
-    def start_call(self, call_id: str, caller: str | None, channel: str) -> None: ...
+    def start_call(self, call_id: str, caller: str | None, channel: str) -> int: ...
 
     def record_turn(self, call_id: str, turn: TurnRecord) -> None: ...
 
@@ -179,10 +183,13 @@ class DialogEngine:
         """Sentences said word for word (greeting, farewell, hand-off lines), to synthesize ahead of time."""
         return prompts.fixed_lines(self.company)
 
-    def conversation(self, call_id: str, caller: str | None, channel: str) -> Conversation:
+    def conversation(
+        self, call_id: str, caller: str | None, channel: str, *, can_hand_off: bool = True
+    ) -> Conversation:
         """Open the call's record and its conversation."""
-        self.store.start_call(call_id, caller, channel)
-        return Conversation(self, call_id, caller, channel)
+        conversation = Conversation(self, call_id, caller, channel, can_hand_off=can_hand_off)
+        conversation._turns = self.store.start_call(call_id, caller, channel)  # a reopened call goes on counting
+        return conversation
 
 
 @dataclass
@@ -199,8 +206,11 @@ class _Exchange:
 class Conversation:
     """One call: its history, topic, state, failed-turn and frustration counts, and the tickets it opened."""
 
-    def __init__(self, engine: DialogEngine, call_id: str, caller: str | None, channel: str) -> None:
+    def __init__(
+        self, engine: DialogEngine, call_id: str, caller: str | None, channel: str, *, can_hand_off: bool = True
+    ) -> None:
         self.engine = engine
+        self.can_hand_off = can_hand_off  # a person can take the call over (else a ticket is offered instead)
         self.call_id = call_id
         self.caller = caller
         self.channel = channel
@@ -212,6 +222,7 @@ class Conversation:
         self.frustration = 0
         self.tickets: list[tuple[Ticket, np.ndarray]] = []  # with the embedding of the words that opened it
         self.handoff_reason: HandoffReason | None = None
+        self.offer: Offer | None = None  # what the bot's last words offered to do, for "yes please"
         self._turns = 0
         self._last_reply = ""
         self._ended = False
@@ -258,7 +269,7 @@ class Conversation:
             intents=engine.intents.match(vector),
             thresholds=engine.index.thresholds,
             intent_thresholds=engine.intents.thresholds,
-            context=Context(self.topic, self.failed_turns, self.frustration, self.misheard_turns),
+            context=Context(self.topic, self.failed_turns, self.frustration, self.misheard_turns, self.offer),
             topic_hits=topic_hits,
             category=engine.intents.category(vector),
             facts_margin=dialog.facts_margin,
@@ -303,16 +314,19 @@ class Conversation:
                 )
             case Route.TICKET:
                 reply = self._ticket(text, decision.category or "complaint", vector)
+            case Route.FALLBACK:  # nothing answers this twice running: decline, and offer a ticket or a colleague
+                reply = self._fixed(ReplyKind.TURN, Route.FALLBACK, prompts.FALLBACK_LINE, caller_text=text)
             case Route.FAQ:
                 entry = self.engine.entries[decision.entry_id or ""]
                 reply = self._fixed(ReplyKind.TURN, Route.FAQ, entry.answer, state=decision.state, caller_text=text)
                 reply.faq_id = entry.id
             case Route.REPEAT:
-                line = (
-                    prompts.NOT_HEARD_AGAIN_LINE
-                    if decision.misheard and self.misheard_turns
-                    else prompts.NOT_HEARD_LINE
-                )
+                if decision.which_offer:
+                    line = prompts.WHICH_OFFER_LINE
+                elif decision.misheard and self.misheard_turns:
+                    line = prompts.NOT_HEARD_AGAIN_LINE
+                else:
+                    line = prompts.NOT_HEARD_LINE
                 reply = self._fixed(ReplyKind.TURN, Route.REPEAT, line, state=self.state, caller_text=text)
             case _:
                 reply = self._llm(text, decision, cancelled or (lambda: False))
@@ -345,6 +359,7 @@ class Conversation:
             return
         if reply.kind is ReplyKind.PROMPT:
             return
+        self.offer = prompts.offer_in(spoken_text)
         self._last_reply = spoken_text or self._last_reply
         self.state = reply.state
         if reply.action is CallAction.TRANSFER:  # recorded when said, not when decided: a barge-in may cancel it
@@ -377,9 +392,13 @@ class Conversation:
     def record_line(self, route: Route, caller_text: str, spoken_text: str, failed_stage: Stage | None) -> None:
         """Record a turn the voice layer answered with a fixed line: a failure (the caller heard an apology; it
         counts towards the hand-off for turns nothing answered) or the goodbye to a silent caller."""
-        if failed_stage is not None:
+        if failed_stage is Stage.TRANSFER:
+            self.handoff_reason = None  # nobody took the call: it was not handed off
+        elif failed_stage is not None:
             self.failed_turns += 1
+        if failed_stage is not None:
             self.state = DialogState.CONSULTING
+        self.offer = prompts.offer_in(spoken_text)
         record = TurnRecord(
             index=self._turns,
             caller_text=caller_text,
@@ -437,7 +456,10 @@ class Conversation:
         return reply
 
     def _transfer(self, kind: ReplyKind, route: Route, reason: HandoffReason, caller_text: str) -> Reply:
-        """The hand-off line; the call is transferred once it has been played."""
+        """The hand-off line; the call is transferred once it has been played. Where nobody can take the call,
+        the caller hears so, and is offered a ticket (recorded as the decline-and-offer `fallback`)."""
+        if not self.can_hand_off:
+            return self._fixed(kind, Route.FALLBACK, prompts.NO_COLLEAGUE_LINE, caller_text=caller_text)
         line = prompts.HANDOFF_LINES[reason]
         return self._fixed(
             kind,
@@ -450,15 +472,19 @@ class Conversation:
         )
 
     def _ticket(self, text: str, category: str, vector: np.ndarray) -> Reply:
-        """Open a ticket for a new issue, or name the one this call already opened for the same issue."""
-        existing = next(
-            (
-                ticket
-                for ticket, words in self.tickets
-                if ticket.category == category or float(words @ vector) >= SAME_ISSUE_SIMILARITY
-            ),
-            None,
-        )
+        """Open a ticket for a new issue, or name the one this call already opened for the same issue. A turn
+        that only asks for the ticket ("yes please", "open a ticket") is about the issue told the turn before."""
+        if self._borrows_issue(text):
+            vector = self.engine.embedder.encode([f"{self.history[-1].caller} {text}"])[0]
+            category = self.engine.intents.category(vector)
+
+        def same_issue(ticket: Ticket, words: np.ndarray) -> bool:
+            similarity = float(words @ vector)
+            return similarity >= SAME_ISSUE_SIMILARITY or (
+                ticket.category == category and similarity >= SAME_CATEGORY_SIMILARITY
+            )
+
+        existing = next((ticket for ticket, words in self.tickets if same_issue(ticket, words)), None)
         if existing is not None:
             ticket, line = existing, prompts.ticket_exists(speak_ticket_id(existing.id))
         else:
@@ -472,11 +498,16 @@ class Conversation:
     def _summary(self, text: str) -> str:
         """The ticket's summary: the caller's own words, cleaned, with the turn before when this one is short."""
         words = [text]
-        if (len(text.split()) <= SHORT_TURN_WORDS or read_cues(text).ticket_request) and self.history:
+        if self._borrows_issue(text):
             words.insert(0, self.history[-1].caller)
         summary = " / ".join(FILLERS.sub("", part).strip(" ,") for part in words)
         summary = summary[:1].upper() + summary[1:]
         return summary if len(summary) <= 300 else summary[:299] + "…"
+
+    def _borrows_issue(self, text: str) -> bool:
+        """Too short to name an issue, or only asks for a ticket: the caller's turn before tells it."""
+        cues = read_cues(text)
+        return bool(self.history) and (len(text.split()) <= SHORT_TURN_WORDS or cues.ticket_request or cues.accepts)
 
     def _llm(self, text: str, decision: Decision, cancelled: Callable[[], bool]) -> Reply:
         """The LLM's reply from the decision's facts (none: it may only decline, greet or ask back)."""

@@ -138,6 +138,19 @@ SMALL_TALK = re.compile(
     r"(?: (?:so|very) much)?|cheers|sorry|wait|hold on|one moment)\W*)+$",
     re.IGNORECASE,
 )
+# The answer to an offer ("Shall I open a ticket?"): a short line that starts by accepting or declining it.
+ANSWER_MAX_WORDS = 8
+ACCEPT = re.compile(
+    r"^\W*(?:(?:oh|um+|uh+|well|ok(?:ay)?|alright)\W+)?(?:yes|yeah|yep|yup|sure|please|go ahead|do it|do that|"
+    r"that would be (?:great|good|nice|helpful)|that'd be (?:great|good)|sounds good|absolutely|definitely|"
+    r"of course|ok(?:ay)?|alright|why not|let's do (?:it|that)|i'd like that|i would like that)\b(?!\W*(?:but|not)\b)",
+    re.IGNORECASE,
+)
+DECLINE = re.compile(
+    r"^\W*(?:(?:oh|um+|uh+|well)\W+)?(?:no|nope|nah|not now|not (?:really|yet|today)|no thanks?|no thank you|"
+    r"i(?:'?m| am) (?:fine|good|okay|ok)|that'?s (?:fine|ok(?:ay)?|all right|alright)|don'?t bother|never mind)\b",
+    re.IGNORECASE,
+)
 # A short line that only makes sense with the topic before it: "how much is it?", "and on Saturdays?",
 # "what about the deluxe room?".
 CONTINUATION = _words(r"^\W*(?:and|also|so|then|plus|but)\b", r"^\W*(?:what|how) about\b")
@@ -161,12 +174,16 @@ class Cues:
     refers_back: bool  # ... through a pronoun ("those", "it", "there"), not only "and ..."
     transaction: bool  # asks to change, cancel, book ... something of the caller's
     grievance: bool  # says the business let them down ("you charged me twice", "still hasn't come")
+    accepts: bool  # a plain yes to what the bot offered ("yes please", "sure", "go ahead", "yeah do that")
+    declines: bool  # a plain no to it ("no thanks", "not now", "I'm fine")
     words: int
 
 
 def _negated_at(text: str, start: int, window: int = 3) -> bool:
-    """A negation among the `window` words before position `start`."""
-    return bool(NEGATION.search(" ".join(text[:start].split()[-window:])))
+    """A negation among the `window` words before position `start`, in the same clause: the "no" of "no, put
+    me through to a person" answers the bot, it does not negate the request."""
+    clause = re.split(r"[,.;:!?]", text[:start])[-1]
+    return bool(NEGATION.search(" ".join(clause.split()[-window:])))
 
 
 def _found(pattern: re.Pattern[str], text: str) -> bool:
@@ -178,6 +195,11 @@ def asks_something(text: str) -> bool:
     """The caller asks a question ("how do refunds work", "it broke, is that covered") rather than only
     stating a problem: such words get an answer when the knowledge base has one, not a ticket."""
     return bool(QUESTION_START.match(FILLER.sub("", text.strip())) or EMBEDDED_QUESTION.search(text))
+
+
+def _asks_back(text: str) -> bool:
+    """A question after the yes ("yes, but how long does it take?"): "yeah, do that" is none."""
+    return "?" in text or EMBEDDED_QUESTION.search(text) is not None
 
 
 def read_cues(text: str) -> Cues:
@@ -197,6 +219,8 @@ def read_cues(text: str) -> Cues:
         refers_back=0 < words <= FOLLOW_UP_MAX_WORDS and ANAPHORA.search(text) is not None,
         transaction=_found(TRANSACTION, text),
         grievance=_found(GRIEVANCE, text),
+        accepts=words <= ANSWER_MAX_WORDS and ACCEPT.match(text) is not None and not _asks_back(text),
+        declines=not asks and words <= ANSWER_MAX_WORDS and DECLINE.match(text) is not None,
         words=words,
     )
 

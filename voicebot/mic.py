@@ -98,8 +98,9 @@ class DuplexBridge:
         with self._lock:
             self._playback.release()
 
-    async def transfer(self, reason: str) -> None:
+    async def transfer(self, reason: str) -> bool:
         self.transferred = reason
+        return True
 
     async def hangup(self) -> None:
         self.hung_up = True

@@ -18,7 +18,7 @@ from dataclasses import replace
 from voicebot.config import DialogSettings
 from voicebot.kb import Company
 from voicebot.llm import Message
-from voicebot.routes import Line
+from voicebot.routes import Line, Offer
 from voicebot.tts import split_sentences
 
 # ---------------------------------------------------------------- who answers
@@ -209,6 +209,38 @@ def ticket_exists(spoken_id: str) -> str:
     )
 
 
+NO_COLLEAGUE_LINE = (
+    "I'm sorry, I can't reach a colleague right now. Shall I open a ticket, so that someone gets back to you?"
+)
+WHICH_OFFER_LINE = "Would you like a ticket, or shall I put you through to a colleague?"
+# An offer is a sentence that proposes to do something ("I can open a ticket", "shall I put you through?"),
+# not one that reports it done ("I've opened ticket K7M for you, and a colleague will get back to you").
+_OFFERING = re.compile(
+    r"\b(?:i can|i could|shall i|should i|can i|would you like|do you want|want me to|happy to|i'd be glad to)\b",
+    re.IGNORECASE,
+)
+_OFFERS_TICKET = re.compile(
+    r"\b(?:open|raise|create|log|file) (?:a |an )?(?:support )?(?:ticket|complaint)\b|"
+    r"\ba ticket\b",
+    re.IGNORECASE,
+)
+_OFFERS_PERSON = re.compile(
+    r"\b(?:put you through|transfer you|connect you|(?:to|with) a colleague|speak (?:to|with) (?:a|someone))\b", re.I
+)
+
+
+def offer_in(text: str) -> Offer | None:
+    """What the bot's words offer to do, if any: the last sentence with an offer in it counts."""
+    offer = None
+    for sentence in split_sentences(text):
+        if not _OFFERING.search(sentence):
+            continue
+        ticket, person = bool(_OFFERS_TICKET.search(sentence)), bool(_OFFERS_PERSON.search(sentence))
+        if ticket or person:
+            offer = Offer.EITHER if ticket and person else Offer.TICKET if ticket else Offer.HANDOFF
+    return offer
+
+
 def line_texts(company: Company) -> dict[Line, str]:
     """What the bot says when everything else fails (`voicebot.routes.Line`), in this company's words."""
     return {
@@ -219,6 +251,7 @@ def line_texts(company: Company) -> dict[Line, str]:
         Line.STILL_THERE: "Are you still there?",
         Line.NO_INPUT_BYE: f"I can't hear anything, so I'll end the call now. {farewell(company)}",
         Line.TIME_LIMIT_BYE: f"I'm sorry, this call has reached its time limit. {farewell(company)}",
+        Line.NO_COLLEAGUE: NO_COLLEAGUE_LINE,
     }
 
 
@@ -234,6 +267,8 @@ def fixed_lines(company: Company) -> list[str]:
         *TICKET_SORRY.values(),
         TICKET_SORRY_DEFAULT,
         ANYTHING_ELSE,
+        NO_COLLEAGUE_LINE,
+        WHICH_OFFER_LINE,
     ]
     return list(dict.fromkeys(sentence for line in lines for sentence in split_sentences(line)))
 

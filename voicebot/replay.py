@@ -75,8 +75,9 @@ class VirtualPhone:
     async def resume(self) -> None:
         self.buffer.release()
 
-    async def transfer(self, reason: str) -> None:
+    async def transfer(self, reason: str) -> bool:
         self.transferred = reason
+        return True
 
     async def hangup(self) -> None:
         self.hung_up = True

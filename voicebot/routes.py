@@ -42,6 +42,14 @@ class DialogState(StrEnum):
     CLOSING = "closing"
 
 
+class Offer(StrEnum):
+    """What the bot's last words offered to do, so that "yes please" does it and "no" lets it go."""
+
+    TICKET = "ticket"
+    HANDOFF = "handoff"
+    EITHER = "either"  # a ticket or a colleague: a plain "yes" is asked which
+
+
 class CallAction(StrEnum):
     """What the call does once the reply's last sentence has been played."""
 
@@ -64,6 +72,7 @@ class Stage(StrEnum):
     LLM = "llm"
     TTS = "tts"
     STORE = "store"  # the database: recording, or opening a ticket
+    TRANSFER = "transfer"  # the hand-off to a person: the REST call failed, or nobody answered
 
 
 class Line(StrEnum):
@@ -76,4 +85,5 @@ class Line(StrEnum):
     ONE_MOMENT = "one_moment"  # the answer is slow: bridge the silence
     STILL_THERE = "still_there"  # the caller has said nothing for a while
     NO_INPUT_BYE = "no_input_bye"  # still nothing: end the call
+    NO_COLLEAGUE = "no_colleague"  # a hand-off could not be made: say so and offer a ticket
     TIME_LIMIT_BYE = "time_limit_bye"  # the call reached its maximum length

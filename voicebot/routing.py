@@ -3,13 +3,16 @@
 `decide` weighs everything at once instead of letting the first keyword win:
 
 1. a request for a person named as such ("can I speak to the dentist", "put me through to billing") transfers,
-   unless negated; repeated frustration or a second turn in a row that nothing answers transfers too;
+   unless negated; repeated frustration transfers too, and so does a third turn in a row that nothing answers
+   or that was not understood (the second is offered a ticket or a colleague);
 2. a confident knowledge-base match (at or above the KB's calibrated `faq` threshold, and clear of the second
    entry by `margin`) is answered as written: no word inside it ("broken", "not working", "connect me", "see
    you") can turn it into a ticket, a transfer or a hang-up;
 3. an intent whose example utterances are closer to the caller's words than any KB entry, above its own
    threshold, acts: a ticket for a problem stated (never for a question), a hang-up for a farewell (never for a
    question, never for a long sentence that merely contains "bye"), a transfer for a request for a person;
+   An offer the bot just made ("Shall I open a ticket?") is taken up by a plain "yes please" / "sure" / "go
+   ahead", after explicit requests and before anything else;
 4. a short follow-up ("how much is it?", "and on Saturdays?") is resolved against the entry the conversation
    is about;
 5. otherwise the LLM answers from the closest entries (at or above `grounded`), and below that may only
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 
 from voicebot.intents import Cues, IntentMatch, Kind
 from voicebot.retrieval import Hit, Thresholds
-from voicebot.routes import DialogState, HandoffReason, Route
+from voicebot.routes import DialogState, HandoffReason, Offer, Route
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Context:
     failed_turns: int = 0  # turns in a row nothing answered
     frustration: int = 0  # frustrated turns so far, this one not counted
     misheard_turns: int = 0  # turns in a row the bot asked to hear again
+    offer: Offer | None = None  # what the bot's last words offered to do ("Shall I open a ticket?")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Decision:
     low_confidence: bool = False  # nothing in the KB and no intent: counts towards a hand-off
     frustrated: bool = False  # this turn counts towards the frustration hand-off
     misheard: bool = False  # REPEAT: the words were doubtful, so the bot asks again instead of acting
+    which_offer: bool = False  # REPEAT: a plain yes to "a ticket or a colleague": the bot asks which
     why: str = ""  # one line for logs, `kb eval` and tests
 
 
@@ -74,6 +79,10 @@ class Turn:
 
 
 FRUSTRATION_HANDOFF = 2  # frustrated turns before a colleague takes over
+# Turns in a row that nothing answers: the first is declined by the LLM, the second gets the fixed offer of a
+# ticket or a colleague, the third goes to a colleague (or is offered a ticket where none can take calls).
+FAILED_HANDOFF = 3
+MISHEARD_HANDOFF = 3  # likewise for turns not understood: asked again, asked again with a way out, handed off
 BYE_MAX_WORDS = 12  # a longer sentence with "bye" in it is saying something else
 # A problem is told in a few words at least; a word or two ("Amen.", Whisper's reading of a hum) is no ticket's
 # summary, whatever the classifier says. An explicit request ("a ticket, please") needs no description.
@@ -90,6 +99,8 @@ def decide(turn: Turn, label: Kind | None = None) -> Decision:
     Words the STT was unsure of (`turn.misheard`) are answered when the KB or its facts answer them, but never
     acted on: a ticket, a transfer or a hang-up, or a line that matches nothing, becomes "say that again".
     """
+    if turn.misheard and turn.context.misheard_turns >= MISHEARD_HANDOFF - 1:
+        return _handoff(HandoffReason.FAILED_TURNS, "a third turn in a row not understood", frustrated=False)
     decision = _decide(turn, label)
     if turn.misheard and (decision.needs_label or decision.route in ACTIONS or decision.low_confidence):
         return Decision(
@@ -114,6 +125,14 @@ def _decide(turn: Turn, label: Kind | None) -> Decision:
     second = hits[1].score if len(hits) > 1 else 0.0
     if cues.ticket_request:
         return _ticket(turn, "asks for a ticket", frustrated)
+    if ctx.offer is not None and cues.accepts:
+        match ctx.offer:
+            case Offer.TICKET:
+                return _ticket(turn, "accepts the ticket offered", frustrated)
+            case Offer.HANDOFF:
+                return _handoff(HandoffReason.REQUESTED, "accepts the colleague offered", frustrated=frustrated)
+            case Offer.EITHER:
+                return Decision(Route.REPEAT, state, which_offer=True, why="yes to a ticket or a colleague: which?")
     if not cues.asks and cues.words <= BYE_MAX_WORDS and (cues.goodbye or _fires(turn, Kind.BYE, kb)):
         return Decision(Route.HANGUP, DialogState.CLOSING, frustrated=frustrated, why="says goodbye")
     if not cues.asks and not cues.negated and _fires(turn, Kind.HUMAN, kb):
@@ -149,8 +168,12 @@ def _decide(turn: Turn, label: Kind | None) -> Decision:
     floor = max(limits.grounded, kb - turn.facts_margin)
     grounded = tuple(hit for hit in hits if hit.score >= floor)
     low = not grounded and not cues.small_talk
-    if low and ctx.failed_turns >= 1:
-        return _handoff(HandoffReason.FAILED_TURNS, "a second turn nothing answers", frustrated=frustrated)
+    if low and ctx.failed_turns >= FAILED_HANDOFF - 1:
+        return _handoff(HandoffReason.FAILED_TURNS, "a third turn nothing answers", frustrated=frustrated)
+    if low and ctx.failed_turns == FAILED_HANDOFF - 2:
+        return Decision(
+            Route.FALLBACK, state, low_confidence=True, frustrated=frustrated, why="a second turn nothing answers"
+        )
     return Decision(
         Route.LLM,
         state,

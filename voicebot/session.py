@@ -107,6 +107,7 @@ def _rounded(ms: float | None) -> float | None:
 @dataclass(frozen=True)
 class CallStarted:
     now: float
+    after_no_answer: bool = False  # the call is back from a hand-off nobody answered: say so, not hello
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,25 @@ class JobFailed:
     now: float
 
 
+@dataclass(frozen=True)
+class TransferDone:
+    """The hand-off the session asked for (`Transfer`) was `accepted` by the telephony side, or failed."""
+
+    accepted: bool
+    now: float
+
+
 Event = (
-    CallStarted | AudioIn | DtmfIn | MarkEchoed | CallerHungUp | Transcribed | SentenceReady | ReplyFinished | JobFailed
+    CallStarted
+    | AudioIn
+    | DtmfIn
+    | MarkEchoed
+    | CallerHungUp
+    | Transcribed
+    | SentenceReady
+    | ReplyFinished
+    | JobFailed
+    | TransferDone
 )
 
 
@@ -434,6 +452,7 @@ class CallSession:
         self._heard_ms = 0  # media time the caller or the bot last made a sound
         self._bridged: tuple[int | None, str, int] = (None, "", 0)  # "One moment.": (turn's stop, mark, said at)
         self._reprompted = False  # "Are you still there?" was said, and nothing heard since
+        self._transferring = False  # a transfer was asked for and has not been answered yet
         self.ended = False
         self.greeting_played: str | None = None
         self.greeting_interrupted = False
@@ -444,6 +463,9 @@ class CallSession:
         if self.ended:
             return []
         match event:
+            case CallStarted() if event.after_no_answer:
+                record = RecordTurn(Route.FALLBACK, "", self.lines[Line.NO_COLLEAGUE], failed_stage=Stage.TRANSFER)
+                return [record, *self._say_line(Line.NO_COLLEAGUE, event.now, kind=ReplyKind.GREETING)]
             case CallStarted():
                 return self._respond(ReplyKind.GREETING, "", event.now)
             case AudioIn():
@@ -460,6 +482,8 @@ class CallSession:
                 return self._on_reply_finished(event)
             case JobFailed():
                 return self._on_job_failed(event)
+            case TransferDone():
+                return self._on_transfer_done(event)
             case CallerHungUp():
                 return self._end("caller hung up")
         raise TypeError(f"CallSession cannot handle {event!r}")
@@ -789,7 +813,7 @@ class CallSession:
         since = self._unanswered_since()
         if since is not None and since != self._bridged[0] and 0 < options.filler_after_ms <= media_ms - since:
             return self._bridge(since)
-        if caller is not None or bot is not None:
+        if caller is not None or bot is not None or self._transferring:
             return []
         if media_ms >= options.max_call_ms:
             return self._say_line(Line.TIME_LIMIT_BYE, now, CallAction.HANGUP)
@@ -800,6 +824,17 @@ class CallSession:
             return self._say_line(Line.STILL_THERE, now)
         goodbye = self._say_line(Line.NO_INPUT_BYE, now, CallAction.HANGUP)
         return [RecordTurn(Route.NO_INPUT, "", self.lines[Line.NO_INPUT_BYE]), *goodbye]
+
+    def _on_transfer_done(self, event: TransferDone) -> list[Action]:
+        """A transfer that went through ends the call here; one that failed never drops the caller: they hear
+        that nobody can be reached and are offered a ticket, and the call goes on."""
+        self._transferring = False
+        if event.accepted:
+            self.ended = True
+            return [CallEnded("transferred to a human")]
+        line = self.lines[Line.NO_COLLEAGUE]
+        record = RecordTurn(Route.FALLBACK, "", line, failed_stage=Stage.TRANSFER)
+        return [record, *self._say_line(Line.NO_COLLEAGUE, event.now)]
 
     def _on_job_failed(self, event: JobFailed) -> list[Action]:
         caller, bot = self._caller, self._bot
@@ -990,8 +1025,8 @@ class CallSession:
         action, reason = self._pending_action
         self._pending_action = None
         if action is CallAction.TRANSFER:
-            self.ended = True
-            return [Transfer(reason or HandoffReason.REQUESTED), CallEnded("transferred to a human")]
+            self._transferring = True  # the call ends when the transfer is accepted (`TransferDone`)
+            return [Transfer(reason or HandoffReason.REQUESTED)]
         if action is CallAction.HANGUP:
             self.ended = True
             return [Hangup(), CallEnded("the bot ended the call")]

@@ -82,8 +82,10 @@ class Store(ABC):
     """Where calls, turns and tickets live. Safe to use from several threads at once."""
 
     @abstractmethod
-    def start_call(self, call_id: str, caller: str | None, channel: str) -> None:
-        """Open a call record; starting an id again keeps the first record (Twilio can reopen a stream)."""
+    def start_call(self, call_id: str, caller: str | None, channel: str) -> int:
+        """Open a call record; returns how many turns it already has. Starting an id again reopens its record
+        (a stream Twilio opens again when a hand-off found nobody): the call is live again and not handed off,
+        its turns so far are kept and the new ones numbered after them."""
 
     @abstractmethod
     def record_turn(self, call_id: str, turn: TurnRecord) -> None:
@@ -393,9 +395,10 @@ class SqliteStore(Store):
         with self._transaction(f"start call {call_id}") as conn:
             conn.execute(
                 "INSERT INTO calls (call_id, caller, channel, started_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (call_id) DO NOTHING",
+                "ON CONFLICT (call_id) DO UPDATE SET ended_at = NULL, handoff_reason = NULL",
                 (call_id, caller, channel, utc_now()),
             )
+            return conn.execute("SELECT COUNT(*) FROM turns WHERE call_id = ?", (call_id,)).fetchone()[0]
 
     def record_turn(self, call_id: str, turn: TurnRecord) -> None:
         if turn.route not in ROUTES:

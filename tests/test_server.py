@@ -55,7 +55,12 @@ MAX_LEAD_MS = 200
 @pytest.fixture(scope="module")
 def agent(settings: Settings, tmp_path_factory: pytest.TempPathFactory):
     store_url = f"sqlite:///{tmp_path_factory.mktemp('server') / 'calls.db'}"
-    agent = build_agent(settings, SAMPLE_KB, store_url)
+    # The sample calls run in real time and assert their routes: a slow CI machine must not turn an LLM answer
+    # into an apology. The deadlines themselves are tested on the media clock (test_session_failures) and with
+    # engines that hang (test_call_runner).
+    late = 20_000
+    patient = dataclasses.replace(settings.voice, stt_deadline_ms=late, reply_deadline_ms=late, reply_stall_ms=late)
+    agent = build_agent(dataclasses.replace(settings, voice=patient), SAMPLE_KB, store_url)
     yield agent
     agent.dialog.store.close()
 

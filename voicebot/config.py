@@ -107,8 +107,8 @@ class VoiceSettings:
     # ends politely after max_call_s.
     filler_after_ms: int = 1200
     stt_deadline_ms: int = 2500
-    reply_deadline_ms: int = 3800
-    reply_stall_ms: int = 2000
+    reply_deadline_ms: int = 3500
+    reply_stall_ms: int = 1700
     no_input_ms: int = 8000
     max_call_s: int = 1800
 

@@ -340,8 +340,8 @@ class SessionOptions:
     sorry_prompt: str = "Sorry, go ahead."
     filler_after_ms: int = 1200  # no answer audio this long after the caller stopped: "One moment." (0: never)
     stt_deadline_ms: int = 2500  # a turn's transcript not there this long after the turn ended: ask again
-    reply_deadline_ms: int = 3800  # no answer audio this long after the caller stopped: apologise, ask again
-    reply_stall_ms: int = 2000  # an answer that played all it had and brings no more for this long: apologise
+    reply_deadline_ms: int = 3500  # no answer audio this long after the caller stopped: apologise, ask again
+    reply_stall_ms: int = 1700  # an answer that played all it had and brings no more for this long: apologise
     no_input_ms: int = 8000  # the caller silent this long after the bot finished: "Are you still there?", then bye
     max_call_ms: int = 1_800_000  # a call this long ends, politely, at the next moment nobody is talking
 

@@ -4,10 +4,11 @@ Numbers, not assertions: the machine is shared and noisy, so the benchmark print
 and writes them as JSON for comparison between changes. What it measures, per caller turn:
 `first_audio_out` (caller stops talking → first bot audio leaves, the number callers feel), split into
 endpoint (VAD silence wait), stt (waiting for the transcript after the endpoint), route, llm_first_token and
-tts_first_audio, and `filler` (when "One moment." bridged a slow answer); and for speech over the bot, the caller's first sound (from the call's sidecar) → the bot
-silent at the caller's ear (it stops sending, then the phone plays what it holds, at most `SENT_AHEAD_MS`) and
-→ `clear` sent once Whisper has read real words. Targets (p50, 2 cores, embedded models): knowledge-base
-answer < 700 ms, LLM answer < 1200 ms, bot silent < 400 ms after the caller talks over it.
+tts_first_audio, and `filler` (when "One moment." bridged a slow answer); and for speech over the bot, the
+caller's first sound (from the call's sidecar) → the bot silent at the caller's ear (it stops sending, then the
+phone plays what it holds, at most `SENT_AHEAD_MS`) and → `clear` sent once Whisper has read real words.
+Targets (p50, 2 cores, embedded models): knowledge-base answer < 700 ms, LLM answer < 1200 ms, bot silent
+< 400 ms after the caller talks over it.
 """
 
 from __future__ import annotations

@@ -158,15 +158,15 @@ def test_a_failing_engine_is_heard_as_an_apology_and_the_next_call_is_served(
 
 
 def test_a_slow_answer_is_bridged_by_one_filler_then_plays(agent, returns_question, monkeypatch):
-    monkeypatch.setattr(agent.dialog.embedder, "encode", slowed(agent.dialog.embedder.encode, 1.6))
+    monkeypatch.setattr(agent.dialog.embedder, "encode", slowed(agent.dialog.embedder.encode, 1.5))
     result = replay(agent, returns_question, speed=1)
     monkeypatch.undo()
-    assert heard(result, agent, Line.ONE_MOMENT) and not heard(result, agent, Line.SORRY)
     turn = only_turn(result)
     assert turn["route"] == "faq" and 1150 <= turn["latency_ms"]["filler"] <= 1400
+    assert not heard(result, agent, Line.SORRY)
     first = split_sentences(agent.dialog.entries[turn["faq_id"]].answer)[0]
-    answer_at = position(result, agent.speech.sentence(first)[0])
-    assert 0 <= position(result, agent.lines[Line.ONE_MOMENT]) < answer_at, "the answer follows the filler, uncut"
+    filler_at = position(result, agent.lines[Line.ONE_MOMENT][:800])  # its first 100 ms: the rest may be cut
+    assert 0 <= filler_at < position(result, agent.speech.sentence(first)[0]), "the answer comes after the filler"
 
 
 def test_tts_failing_on_the_ticket_line_withdraws_the_ticket_it_could_not_speak(agent, complaint, monkeypatch):

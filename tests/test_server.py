@@ -498,7 +498,8 @@ def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
         assert_paced(call)
         if not any(step.get("continues") for step in sidecar["script"]):  # (a withdrawn reply may clear too)
             cut = int(expect["greeting_interrupted"]) + len(expect["interrupted_turns"])
-            assert call.clears == cut, "a clear for every reply cut, and none for a backchannel or a noise"
+            bridged = sum("filler" in turn["latency_ms"] for turn in record["turns"])  # "One moment." may be cut
+            assert cut <= call.clears <= cut + bridged, "a clear for every reply cut, none for a backchannel or noise"
         assert (tmp_path / "heard.wav").stat().st_size > 44
         answered = [t for t in call.latencies if t.first_audio_ms is not None]
         assert len(answered) >= len(expect["turns"])

@@ -24,9 +24,12 @@ from voicebot.session import (
     JobFailed,
     MarkEchoed,
     PauseAudio,
+    PlayAudio,
     PlayLine,
     RecordTurn,
+    ReplyFinished,
     Respond,
+    SendMark,
     SentenceReady,
     SessionOptions,
     Transcribe,
@@ -149,7 +152,7 @@ def test_a_greeting_that_fails_is_said_from_memory(vad):
     assert line_played(out, Line.HELLO) and not of(RecordTurn, out)
 
 
-def test_a_slow_answer_is_bridged_once_and_plays_after_the_filler(vad, utterance):
+def test_a_slow_answer_is_bridged_once_and_the_filler_is_cut_when_it_arrives(vad, utterance):
     d = greeted(vad, SessionOptions(filler_after_ms=1200))
     respond = take_turn(d, utterance, "Do you ship to Canada?")
     out = d.silence(400)  # 550 ms of silence so far: the turn ended, the answer is being worked out
@@ -157,13 +160,23 @@ def test_a_slow_answer_is_bridged_once_and_plays_after_the_filler(vad, utterance
     out = d.silence(800)
     filler = line_played(out, Line.ONE_MOMENT)
     assert d.session.bot_speaking
-    assert not of(PlayLine, d.silence(1000)), "once per turn"
-    (mark,) = d.speak(respond.job, ["Yes, we ship to Canada."])
-    assert not of(ClearAudio, d.actions[-3:]), "the answer queues behind the filler, which is never cut mid-word"
-    d.send(MarkEchoed(filler.mark, d.t))
-    (commit,) = of(CommitTurn, d.send(MarkEchoed(mark, d.t)))
+    assert not of(PlayLine, d.silence(300)), "once per turn"
+    out = d.send(SentenceReady(respond.job, "Yes, we ship to Canada.", np.zeros(800, np.int16), 50.0, d.t))
+    assert [type(a) for a in out] == [ClearAudio, PlayAudio, SendMark], "the filler stops, the answer starts"
+    d.send(ReplyFinished(respond.job, Route.LLM, None, None, 5.0, None, d.t))
+    assert d.send(MarkEchoed(filler.mark, d.t)) == [], "the cleared filler's mark is no news"
+    (commit,) = of(CommitTurn, d.send(MarkEchoed(out[-1].name, d.t)))
     assert commit.spoken_text == "Yes, we ship to Canada." and not commit.interrupted
     assert 1150 <= commit.latency_ms["filler"] <= 1300
+
+
+def test_an_answer_after_the_filler_has_played_needs_no_clear(vad, utterance):
+    d = greeted(vad, SessionOptions(filler_after_ms=1200))
+    respond = take_turn(d, utterance, "Do you ship to Canada?")
+    filler = line_played(d.silence(1300), Line.ONE_MOMENT)
+    d.send(MarkEchoed(filler.mark, d.t))
+    out = d.send(SentenceReady(respond.job, "Yes, we ship to Canada.", np.zeros(800, np.int16), 50.0, d.t))
+    assert [type(a) for a in out] == [PlayAudio, SendMark]
 
 
 def test_a_slow_transcription_is_bridged_and_its_answer_follows_the_filler(vad, utterance):
@@ -174,8 +187,9 @@ def test_a_slow_transcription_is_bridged_and_its_answer_follows_the_filler(vad, 
     out = d.send(Transcribed(stt.job, Transcript("Can I change my address?", 0.01, -0.2), 1500.0, d.t))
     (respond,) = of(Respond, out)
     assert not of(PlayLine, d.silence(600)), "one filler per turn"
-    (mark,) = d.speak(respond.job, ["Yes, in My Orders."])
     d.send(MarkEchoed(filler.mark, d.t))
+    (mark,) = d.speak(respond.job, ["Yes, in My Orders."])
+    assert not of(ClearAudio, d.actions[-3:]), "the filler was over: nothing to cut"
     (commit,) = of(CommitTurn, d.send(MarkEchoed(mark, d.t)))
     assert 1150 <= commit.latency_ms["filler"] <= 1300
 

@@ -20,9 +20,10 @@ Turn-taking, in short:
 
 Never stranding the caller: a job that fails (`JobFailed`) or misses its deadline (`stt_deadline_ms`,
 `reply_deadline_ms`, `reply_stall_ms`, checked on the media clock) gives way to a `Line` played from memory —
-an apology and a request to say it again — and the turn is recorded as `repeat` with the failed stage. An answer slow
-to start is bridged by "One moment." once; a silent caller is asked if they are still there, then the call
-ends; so does a call that reaches `max_call_ms`.
+an apology and a request to say it again — and the turn is recorded as `repeat` with the failed stage. An
+answer slow to start is bridged by "One moment." once (cut when the answer is ready); a silent caller is asked
+if they are still there, then the call ends; so does a call that reaches `max_call_ms`. A transfer that fails
+(`TransferDone`) keeps the caller: they hear that nobody can be reached, and are offered a ticket.
 """
 
 from __future__ import annotations
@@ -451,6 +452,7 @@ class CallSession:
         self._paused = False  # the bot's audio is held while the caller makes a sound over it
         self._heard_ms = 0  # media time the caller or the bot last made a sound
         self._bridged: tuple[int | None, str, int] = (None, "", 0)  # "One moment.": (turn's stop, mark, said at)
+        self._filler_playing: str | None = None  # the mark of "One moment." while the phone still plays it
         self._reprompted = False  # "Are you still there?" was said, and nothing heard since
         self._transferring = False  # a transfer was asked for and has not been answered yet
         self.ended = False
@@ -889,10 +891,10 @@ class CallSession:
         return None
 
     def _bridge(self, since_ms: int) -> list[Action]:
-        """The answer is slow to start: say "One moment." while it comes (it plays after, never cut mid-word).
+        """The answer is slow to start: say "One moment." while it comes (it is cut when the answer is ready).
         Once per turn: `since_ms` (when the caller stopped) names the turn."""
         mark = f"wait-{since_ms}"
-        self._bridged = (since_ms, mark, self._media_ms)
+        self._bridged, self._filler_playing = (since_ms, mark, self._media_ms), mark
         if self._bot is not None:
             self._bridge_reply(self._bot)
         return [PlayLine(Line.ONE_MOMENT, mark)]
@@ -962,6 +964,9 @@ class CallSession:
         mark = f"t{bot.turn}-s{len(bot.sentences) + 1}"
         bot.sentences.append((event.text, mark))
         bot.drained_ms = None
+        actions: list[Action] = []
+        if bot.started_now is None and bot.filler_mark is not None and bot.filler_mark == self._filler_playing:
+            actions += self._cut_filler(bot)
         if bot.started_now is None:
             bot.started_now = event.now
             if bot.started_media_ms is None:  # else "One moment." started it: guard and continuations count from there
@@ -970,7 +975,15 @@ class CallSession:
             t0 = bot.latency.pop("_t0")
             waited = (event.now - t0) * 1000 if t0 is not None else 0.0
             bot.latency["first_audio_out"] = round((bot.latency.get("endpoint") or 0.0) + waited, 1)
-        return [PlayAudio(event.pcm), SendMark(mark)]
+        return [*actions, PlayAudio(event.pcm), SendMark(mark)]
+
+    def _cut_filler(self, bot: _BotUtterance) -> list[Action]:
+        """The answer is here while "One moment." still plays: clear it, so the answer starts at once."""
+        assert bot.filler_mark is not None
+        self._filler_playing, self._paused = None, False
+        bot.echoed.add(bot.filler_mark)  # done with: a later clear must not expect it back again
+        self._cleared_marks.add(bot.filler_mark)
+        return [ClearAudio()]
 
     def _on_reply_finished(self, event: ReplyFinished) -> list[Action]:
         bot = self._bot
@@ -991,8 +1004,10 @@ class CallSession:
             self._cleared_marks.discard(event.name)  # returned by the clear: it was never heard
             return []
         bot = self._bot
-        if bot is not None and event.name == bot.filler_mark:
-            bot.echoed.add(event.name)
+        if event.name == self._filler_playing:
+            self._filler_playing = None
+            if bot is not None and event.name == bot.filler_mark:
+                bot.echoed.add(event.name)
             return []
         if bot is None or all(event.name != mark for _, mark in bot.sentences):
             return []

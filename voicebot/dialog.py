@@ -522,6 +522,8 @@ class Conversation:
             read_threshold=self.engine.index.thresholds.faq,
             written=reply.written,
             cancelled=cancelled,
+            # The first turn in a row nothing answers is asked to rephrase; the next is offered a way out.
+            decline_line=prompts.REPHRASE_LINE if self.failed_turns == 0 else prompts.FALLBACK_LINE,
         )
         reply.sentences = _following(reply, sentences)
         return reply

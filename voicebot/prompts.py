@@ -170,6 +170,9 @@ FALLBACK_LINE = (
     "I'm sorry, I don't have that information. I can open a ticket for you or put you through to a colleague."
 )
 NOT_HEARD_LINE = "Sorry, I didn't catch that. Could you say it again?"
+# A reply the grounding check refused, the first time in a row: ask the caller to put it another way (the
+# second time, FALLBACK_LINE offers a ticket or a colleague; the third, a colleague takes over).
+REPHRASE_LINE = "I'm sorry, I'm not sure I have the right answer for that. Could you put it another way?"
 # The second time in a row: a way forward that works on any line (a staff request is always understood).
 NOT_HEARD_AGAIN_LINE = (
     "Sorry, I didn't catch that again. I can put you through to a colleague if you say: a colleague, please."
@@ -261,6 +264,7 @@ def fixed_lines(company: Company) -> list[str]:
         greeting(company),
         farewell(company),
         FALLBACK_LINE,
+        REPHRASE_LINE,
         NOT_HEARD_LINE,
         NOT_HEARD_AGAIN_LINE,
         *HANDOFF_LINES.values(),

@@ -62,9 +62,11 @@ class ReplyWriter:
         read_threshold: float,
         written: Written,
         cancelled: Callable[[], bool],
+        decline_line: str = prompts.FALLBACK_LINE,
     ) -> Iterator[str]:
         """The reply to `messages` (whose last message carries `facts` and the caller's words), at most two
-        sentences, each checked; stops early when `cancelled()` turns true (a barge-in)."""
+        sentences, each checked; stops early when `cancelled()` turns true (a barge-in). `decline_line` is said
+        when the reply is refused and no entry is close enough to read instead."""
         start = time.perf_counter()
         tokens = self.llm.stream(messages, max_tokens=self.dialog.llm_max_tokens, temperature=0.2)
         texts = [hit.entry.answer for hit in facts]
@@ -90,14 +92,14 @@ class ReplyWriter:
                     written.refused.append((chunk, why))
                     log.info("dropped an unsupported LLM sentence (%s): %r", why, chunk)
                     if not said:
-                        yield from self._instead(facts, read_threshold, written)
+                        yield from self._instead(facts, read_threshold, written, decline_line)
                     return
                 said.append(chunk)
                 yield chunk
                 if sum(s.endswith((".", "!", "?")) for s in said) >= MAX_SENTENCES or cancelled():
                     return
             if not said and not cancelled():
-                yield from self._instead(facts, read_threshold, written)
+                yield from self._instead(facts, read_threshold, written, decline_line)
         finally:
             tokens.close()
 
@@ -114,12 +116,14 @@ class ReplyWriter:
         """The best entry is close enough to be read as written in place of a refused or declining reply."""
         return bool(facts) and facts[0].score >= read_threshold - REFUSED_READ_MARGIN
 
-    def _instead(self, facts: Sequence[Hit], read_threshold: float, written: Written) -> Iterator[str]:
-        """What is said when the LLM's reply was refused: the best entry as written if it is close, else the
-        decline-and-offer line."""
+    def _instead(
+        self, facts: Sequence[Hit], read_threshold: float, written: Written, decline_line: str
+    ) -> Iterator[str]:
+        """What is said when the LLM's reply was refused: the best entry as written if it is close, else
+        `decline_line`."""
         if self._readable(facts, read_threshold):
             written.route, written.fell_back_to = Route.FAQ, facts[0].entry.id
             yield from prompts.split_sentences(facts[0].entry.answer)
             return
         written.route = Route.FALLBACK
-        yield from prompts.split_sentences(prompts.FALLBACK_LINE)
+        yield from prompts.split_sentences(decline_line)

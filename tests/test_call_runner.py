@@ -128,7 +128,9 @@ FAULTS = {
     "stt-hangs": ("returns_question", "transcriber", "transcribe", "hangs", (Line.ONE_MOMENT, Line.NOT_HEARD), "stt"),
     "llm-raises": ("llm_question", "dialog.llm", "stream", "raises", (Line.SORRY,), "llm"),
     "llm-hangs": ("llm_question", "dialog.llm", "stream", "hangs", (Line.ONE_MOMENT, Line.SORRY), "llm"),
+    "stt-slow": ("returns_question", "transcriber", "transcribe", "slow", (Line.ONE_MOMENT, Line.NOT_HEARD), "stt"),
     "tts-down": ("returns_question", "speech", "sentence", "raises", (Line.HELLO, Line.SORRY), "tts"),
+    "tts-hangs": ("complaint", "speech.synthesizer", "synthesize", "hangs", (Line.SORRY,), "tts"),
     "store-ticket": ("complaint", "dialog.store", "create_ticket", "store", (Line.SORRY,), "store"),
 }
 
@@ -145,9 +147,10 @@ def test_a_failing_engine_is_heard_as_an_apology_and_the_next_call_is_served(
         "raises": raising(RuntimeError(f"{engine} crashed")),
         "store": raising(StoreError("store calls.db: database is locked")),
         "hangs": hanging(),
+        "slow": slowed(getattr(target, method), 4.0),
     }[how]
     monkeypatch.setattr(target, method, stand_in)
-    result = replay(agent, request.getfixturevalue(call), speed=1 if how == "hangs" else 0)
+    result = replay(agent, request.getfixturevalue(call), speed=1 if how in ("hangs", "slow") else 0)
     monkeypatch.undo()
     assert all(heard(result, agent, line) for line in lines), [line for line in lines if not heard(result, agent, line)]
     turn = only_turn(result)

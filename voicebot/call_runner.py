@@ -291,12 +291,13 @@ class CallRunner:
             self._forget_unheard_ticket(job, action.spoken_text)
 
     def _forget_unheard_ticket(self, job: _Job, spoken_text: str) -> None:
+        """Now, if the reply exists (its TTS may hang forever), and again once the job has stopped (a stuck
+        routing step may still open a ticket)."""
+        if job.reply is not None:
+            reply, forget = job.reply, self.conversation.forget_unheard
+            self._store_safely("withdraw an unheard ticket", lambda: forget(reply, spoken_text))
         if job.task is not None and not job.task.done():
             job.task.add_done_callback(lambda _: self._forget_unheard_ticket(job, spoken_text))
-        elif job.reply is not None:
-            reply = job.reply
-            forget = self.conversation.forget_unheard
-            self._store_safely("withdraw an unheard ticket", lambda: forget(reply, spoken_text))
 
     def _store_safely(self, what: str, write: Callable[[], None]) -> None:
         """A store that fails while the call goes on is logged, not fatal: the caller has heard the reply."""

@@ -418,6 +418,7 @@ class Conversation:
         it again, and a ticket nobody was told of would be a second one)."""
         if reply.opened_ticket and speak_ticket_id(reply.ticket_id or "") not in spoken_text:
             self.withdraw(reply)
+            reply.opened_ticket = False  # withdrawn: asking again changes nothing
 
     def prefill(self) -> float:
         """Evaluate the history into the LLM's KV cache now, so the next LLM reply evaluates only its own words.

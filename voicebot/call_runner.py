@@ -279,7 +279,7 @@ class CallRunner:
 
     def _record(self, action: RecordTurn) -> None:
         """Record a turn the session answered from memory. A ticket the failed reply opened, whose id the caller
-        did not hear, is withdrawn, once the job has stopped (it may still open one late)."""
+        did not hear, is withdrawn."""
         job = self._jobs.get(action.job) if action.job is not None else None
         stage = action.failed_stage or (job.stage if job is not None else None)
         self._store_safely(

@@ -187,9 +187,8 @@ class DialogEngine:
         self, call_id: str, caller: str | None, channel: str, *, can_hand_off: bool = True
     ) -> Conversation:
         """Open the call's record and its conversation."""
-        conversation = Conversation(self, call_id, caller, channel, can_hand_off=can_hand_off)
-        conversation._turns = self.store.start_call(call_id, caller, channel)  # a reopened call goes on counting
-        return conversation
+        recorded = self.store.start_call(call_id, caller, channel)
+        return Conversation(self, call_id, caller, channel, can_hand_off=can_hand_off, first_turn=recorded)
 
 
 @dataclass
@@ -207,8 +206,16 @@ class Conversation:
     """One call: its history, topic, state, failed-turn and frustration counts, and the tickets it opened."""
 
     def __init__(
-        self, engine: DialogEngine, call_id: str, caller: str | None, channel: str, *, can_hand_off: bool = True
+        self,
+        engine: DialogEngine,
+        call_id: str,
+        caller: str | None,
+        channel: str,
+        *,
+        can_hand_off: bool = True,
+        first_turn: int = 0,
     ) -> None:
+        """`first_turn`: turns the call's record already has (a call back from a hand-off nobody answered)."""
         self.engine = engine
         self.can_hand_off = can_hand_off  # a person can take the call over (else a ticket is offered instead)
         self.call_id = call_id
@@ -223,7 +230,7 @@ class Conversation:
         self.tickets: list[tuple[Ticket, np.ndarray]] = []  # with the embedding of the words that opened it
         self.handoff_reason: HandoffReason | None = None
         self.offer: Offer | None = None  # what the bot's last words offered to do, for "yes please"
-        self._turns = 0
+        self._turns = first_turn
         self._last_reply = ""
         self._ended = False
 
@@ -376,18 +383,7 @@ class Conversation:
             limit = max(1, self.engine.dialog.history_turns)
             if len(self.history) > limit:
                 self._trim_history(max(1, limit // 2))
-        record = TurnRecord(
-            index=self._turns,
-            caller_text=reply.caller_text,
-            route=reply.route,
-            faq_id=reply.faq_id,
-            reply_text=spoken_text,
-            interrupted=interrupted,
-            state=reply.state,
-            latency_ms=latency,
-        )
-        self._turns += 1
-        self.engine.store.record_turn(self.call_id, record)
+        self._save_turn(reply.caller_text, reply.route, reply.faq_id, spoken_text, interrupted, latency)
 
     def record_line(self, route: Route, caller_text: str, spoken_text: str, failed_stage: Stage | None) -> None:
         """Record a turn the voice layer answered with a fixed line: a failure (the caller heard an apology; it
@@ -399,16 +395,21 @@ class Conversation:
         if failed_stage is not None:
             self.state = DialogState.CONSULTING
         self.offer = prompts.offer_in(spoken_text)
+        self._save_turn(caller_text, route, None, spoken_text, False, {}, failed_stage)
+
+    def _save_turn(
+        self,
+        caller_text: str,
+        route: Route,
+        faq_id: str | None,
+        spoken_text: str,
+        interrupted: bool,
+        latency: dict[str, float | None],
+        failed_stage: Stage | None = None,
+    ) -> None:
+        """The turn's record, numbered after the call's last (a reopened call goes on counting)."""
         record = TurnRecord(
-            index=self._turns,
-            caller_text=caller_text,
-            route=route,
-            faq_id=None,
-            reply_text=spoken_text,
-            interrupted=False,
-            state=self.state,
-            latency_ms={},
-            failed_stage=failed_stage,
+            self._turns, caller_text, route, faq_id, spoken_text, interrupted, self.state, latency, failed_stage
         )
         self._turns += 1
         self.engine.store.record_turn(self.call_id, record)

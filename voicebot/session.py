@@ -466,8 +466,9 @@ class CallSession:
             return []
         match event:
             case CallStarted() if event.after_no_answer:
-                record = RecordTurn(Route.FALLBACK, "", self.lines[Line.NO_COLLEAGUE], failed_stage=Stage.TRANSFER)
-                return [record, *self._say_line(Line.NO_COLLEAGUE, event.now, kind=ReplyKind.GREETING)]
+                return self._say_line(
+                    Line.NO_COLLEAGUE, event.now, kind=ReplyKind.GREETING, recorded=(Route.FALLBACK, Stage.TRANSFER)
+                )
             case CallStarted():
                 return self._respond(ReplyKind.GREETING, "", event.now)
             case AudioIn():
@@ -804,8 +805,12 @@ class CallSession:
         caller, bot, options, media_ms = self._caller, self._bot, self.options, self._media_ms
         if caller is not None or bot is not None or self.vad.candidate_onset_ms is not None:
             self._heard_ms = media_ms
-        stt_waited = None if caller is None or caller.ended_ms is None else media_ms - caller.ended_ms
-        if caller is not None and caller.transcript is None and (stt_waited or 0) >= options.stt_deadline_ms:
+        if (
+            caller is not None
+            and caller.ended_ms is not None
+            and caller.transcript is None
+            and media_ms - caller.ended_ms >= options.stt_deadline_ms
+        ):
             return self._fail_transcription(caller, Stage.STT, now)
         if bot is not None and bot.line is None and not self._paused:
             if bot.started_now is None and media_ms - bot.waiting_since_ms >= options.reply_deadline_ms:
@@ -824,8 +829,7 @@ class CallSession:
         if not self._reprompted:
             self._reprompted = True
             return self._say_line(Line.STILL_THERE, now)
-        goodbye = self._say_line(Line.NO_INPUT_BYE, now, CallAction.HANGUP)
-        return [RecordTurn(Route.NO_INPUT, "", self.lines[Line.NO_INPUT_BYE]), *goodbye]
+        return self._say_line(Line.NO_INPUT_BYE, now, CallAction.HANGUP, recorded=(Route.NO_INPUT, None))
 
     def _on_transfer_done(self, event: TransferDone) -> list[Action]:
         """A transfer that went through ends the call here; one that failed never drops the caller: they hear
@@ -834,9 +838,7 @@ class CallSession:
         if event.accepted:
             self.ended = True
             return [CallEnded("transferred to a human")]
-        line = self.lines[Line.NO_COLLEAGUE]
-        record = RecordTurn(Route.FALLBACK, "", line, failed_stage=Stage.TRANSFER)
-        return [record, *self._say_line(Line.NO_COLLEAGUE, event.now)]
+        return self._say_line(Line.NO_COLLEAGUE, event.now, recorded=(Route.FALLBACK, Stage.TRANSFER))
 
     def _on_job_failed(self, event: JobFailed) -> list[Action]:
         caller, bot = self._caller, self._bot
@@ -860,8 +862,7 @@ class CallSession:
             actions.append(Cancel(caller.peek_job))
         if self._bot is not None:
             return actions + self._resume()
-        line = self.lines[Line.NOT_HEARD]
-        return [*actions, RecordTurn(Route.REPEAT, "", line, failed_stage=stage), *self._say_line(Line.NOT_HEARD, now)]
+        return actions + self._say_line(Line.NOT_HEARD, now, recorded=(Route.REPEAT, stage))
 
     def _fail_reply(self, bot: _BotUtterance, stage: Stage | None, now: float) -> list[Action]:
         """The reply raised or ran out of time: what it sent plays on, then an apology from memory. `stage`
@@ -910,9 +911,16 @@ class CallSession:
         bot.latency["filler"] = float(said_ms - since_ms)
 
     def _say_line(
-        self, line: Line, now: float, action: CallAction | None = None, *, kind: ReplyKind = ReplyKind.PROMPT
+        self,
+        line: Line,
+        now: float,
+        action: CallAction | None = None,
+        *,
+        kind: ReplyKind = ReplyKind.PROMPT,
+        recorded: tuple[Route, Stage | None] | None = None,
     ) -> list[Action]:
-        """Say a `Line` from memory, as a reply that is already complete; `action` follows once it is heard."""
+        """Say a `Line` from memory, as a reply that is already complete; `action` follows once it is heard.
+        `recorded`: the line answers the caller's turn, recorded with this route (and failed stage)."""
         bot = _BotUtterance(job=next(self._jobs), kind=kind, turn=next(self._turns), line=line)
         mark = f"t{bot.turn}-s1"
         bot.sentences.append((self.lines[line], mark))
@@ -921,7 +929,8 @@ class CallSession:
         self._bot, self._answering = bot, None
         if action is not None:
             self._pending_action = (action, None)
-        return [PlayLine(line, mark)]
+        record = [] if recorded is None else [RecordTurn(recorded[0], "", self.lines[line], failed_stage=recorded[1])]
+        return [*record, PlayLine(line, mark)]
 
     # ------------------------------------------------------------ DTMF
 

@@ -115,6 +115,7 @@ TRANSACTION = _words(
     r"\b(?:change|cancel|update|modify|track|return|exchange|swap|book|rebook|reschedule|move|upgrade|downgrade|"
     r"renew|extend|close|pause|transfer|add|remove) (?:my|our|the|an?|this|that) \w+",
 )
+ANSWERING_NO = re.compile(r"^\W*(?:no|nope|nah)(?: thanks?| thank you)?\s*[,.!;]", re.IGNORECASE)
 NEGATION = re.compile(r"\b(?:no|not|never|without|(?:do|does|did|is|was|are|were)n'?t|no need)\b|n't\b", re.I)
 FILLER = re.compile(r"^(?:\W*\b(?:hi|hello|hey|yeah|yes|so|um+|uh+|er+|ok(?:ay)?|well|and|but|oh|sorry)\b)+\W*", re.I)
 QUESTION_START = re.compile(
@@ -180,10 +181,10 @@ class Cues:
 
 
 def _negated_at(text: str, start: int, window: int = 3) -> bool:
-    """A negation among the `window` words before position `start`, in the same clause: the "no" of "no, put
-    me through to a person" answers the bot, it does not negate the request."""
-    clause = re.split(r"[,.;:!?]", text[:start])[-1]
-    return bool(NEGATION.search(" ".join(clause.split()[-window:])))
+    """A negation among the `window` words before position `start`. A "no" that opens the line answers the bot
+    ("no, put me through to a person"): it does not negate what follows."""
+    before = ANSWERING_NO.sub("", text[:start])
+    return bool(NEGATION.search(" ".join(before.split()[-window:])))
 
 
 def _found(pattern: re.Pattern[str], text: str) -> bool:

@@ -1,172 +1,180 @@
-"""A tiny Prometheus registry (counters, gauges, histograms) and the metrics `voicebot serve` exposes.
+"""The metrics `voicebot serve` exposes at `GET /metrics`, kept in a `prometheus_client` registry of their own.
 
-Rendered in the Prometheus text exposition format 0.0.4 at `GET /metrics`. Everything runs on the server's
-event loop, so no locks. Label values are always from fixed sets (routes, stages, check names), never from
-what a caller or client sent, so the number of series stays bounded.
+Each `ServerMetrics` has its own `CollectorRegistry`, never the library's global one, so several servers can run
+in one process (the tests do). Every label value comes from a fixed set (the enums below, `Route`,
+`HandoffReason`); anything else is counted as "other", so what a caller or client sends can never add series.
+Every series of those sets exists from the start at 0, so `rate()` and `increase()` see the first event.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from voicebot.routes import HandoffReason, Route
+
+OTHER = "other"  # the label value of anything outside a metric's fixed set
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class LatencyStage(StrEnum):
+    """The keys of a turn's `latency_ms` that are durations, in ms: the only ones the histogram takes. The others
+    (`pause_at_media_ms`, `clear_at_media_ms`: positions on the call's media clock; `_`-prefixed working
+    values) are no latencies and are left out."""
+
+    ENDPOINT = "endpoint"  # the caller's last sound to the VAD's end of turn
+    STT = "stt"  # end of turn to the transcript, as waited for
+    STT_COMPUTE = "stt_compute"  # Whisper's own compute time
+    ROUTE = "route"
+    LLM_FIRST_TOKEN = "llm_first_token"
+    TTS_FIRST_AUDIO = "tts_first_audio"
+    FIRST_AUDIO_OUT = "first_audio_out"  # the caller's last sound to the reply's first audio sent
+    FILLER = "filler"  # end of turn to "One moment."
+    PAUSE = "pause"  # the caller's first sound over the bot to the bot's audio held
+    BARGE_IN = "barge_in"  # the caller's first sound over the bot to the phone's buffer cleared
 
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+class ErrorKind(StrEnum):
+    """What went wrong, for `voicebot_errors_total{kind}`: the server's own faults and the protocol faults
+    `telephony.protocol.ProtocolError.kind` names."""
+
+    CALL_CONTROL = "call_control"  # Twilio's REST API refused a transfer or hang-up
+    HANDOFF_UNANSWERED = "handoff_unanswered"
+    STREAM_ERROR = "stream_error"  # Twilio's stream status callback reported one
+    NO_START = "no_start"
+    UNKNOWN_EVENT = "unknown_event"
+    INTERNAL = "internal"
+    STORE = "store"
+    INVALID_MESSAGE = "invalid_message"
+    BAD_JSON = "bad_json"
+    BINARY_FRAME = "binary_frame"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    WRONG_STREAM_SID = "wrong_stream_sid"
+    MEDIA_BEFORE_START = "media_before_start"
+    DTMF_BEFORE_START = "dtmf_before_start"
+    MARK_BEFORE_START = "mark_before_start"
 
 
-def _labels(names: Iterable[str], values: Iterable[str], extra: str = "") -> str:
-    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+class Refusal(StrEnum):
+    """Why a call got the busy TwiML instead of a stream."""
+
+    CAPACITY = "capacity"
+    SHUTTING_DOWN = "shutting_down"
 
 
-class _Metric:
-    kind = ""
+class AuthCheck(StrEnum):
+    """The check a refused request or socket failed."""
 
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help_text, labels
-        self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
-
-    def _key(self, labels: Mapping[str, str]) -> tuple[str, ...]:
-        if set(labels) != set(self.label_names):
-            raise ValueError(f"metric {self.name} takes labels {self.label_names}, got {tuple(labels)}")
-        return tuple(str(labels[name]) for name in self.label_names)
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        for key, value in sorted(self._values.items()):
-            lines.append(f"{self.name}{_labels(self.label_names, key)} {_number(value)}")
-        return lines
+    WEBHOOK_SIGNATURE = "webhook_signature"
+    STATUS_SIGNATURE = "status_signature"
+    DIAL_SIGNATURE = "dial_signature"
+    UPGRADE_SIGNATURE = "upgrade_signature"
+    STREAM_TOKEN = "stream_token"
 
 
-class Counter(_Metric):
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"counter {self.name} can only go up, got {amount}")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
+def _label_set(values: type[StrEnum]) -> tuple[str, ...]:
+    """A label's values in the enum's order (the order /metrics lists them), then "other"."""
+    return (*(member.value for member in values), OTHER)
 
 
-class Gauge(_Metric):
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        self._values[self._key(labels)] = value
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help_text: str, labels: tuple[str, ...] = (), buckets: Iterable[float] = LATENCY_BUCKETS_S
-    ) -> None:
-        super().__init__(name, help_text, labels)
-        self.buckets = (*sorted(buckets), math.inf)
-        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}  # counts per bucket, [sum]
-
-    def observe(self, value: float, **labels: str) -> None:
-        counts, total = self._series.setdefault(self._key(labels), ([0] * len(self.buckets), [0.0]))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                counts[i] += 1
-        total[0] += value
-
-    def count(self, **labels: str) -> int:
-        series = self._series.get(self._key(labels))
-        return series[0][-1] if series else 0
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        for key, (counts, total) in sorted(self._series.items()):
-            for bound, count in zip(self.buckets, counts, strict=True):
-                le = f'le="{_number(bound)}"'
-                lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {count}")
-            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {_number(total[0])}")
-            lines.append(f"{self.name}_count{_labels(self.label_names, key)} {counts[-1]}")
-        return lines
-
-
-class Registry:
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-
-    def _add(self, metric: _Metric) -> _Metric:
-        if metric.name in self._metrics:
-            raise ValueError(f"metric {metric.name} is registered twice")
-        self._metrics[metric.name] = metric
-        return metric
-
-    def counter(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Counter:
-        return self._add(Counter(name, help_text, labels))  # type: ignore[return-value]
-
-    def gauge(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Gauge:
-        return self._add(Gauge(name, help_text, labels))  # type: ignore[return-value]
-
-    def histogram(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Histogram:
-        return self._add(Histogram(name, help_text, labels))  # type: ignore[return-value]
-
-    def render(self) -> str:
-        return "\n".join(line for metric in self._metrics.values() for line in metric.render()) + "\n"
+def _bounded(value: str, allowed: tuple[str, ...]) -> str:
+    return value if value in allowed else OTHER
 
 
 class ServerMetrics:
-    """What `voicebot serve` counts. Turn, ticket, hand-off and latency figures come from each finished
-    call's stored record, so they match what `voicebot calls show` says about the same call."""
+    """What `voicebot serve` counts. Turns, tickets and hand-offs are counted as the call commits them, so a
+    long call's turns show while it is still live."""
 
-    def __init__(self) -> None:
-        self.registry = Registry()
+    def __init__(self, calls_active: Callable[[], float]) -> None:
+        """`calls_active`: how many calls are connected now, read at each scrape."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._routes, self._handoffs = _label_set(Route), _label_set(HandoffReason)
+        self._kinds, self._refusals, self._checks = _label_set(ErrorKind), _label_set(Refusal), _label_set(AuthCheck)
         r = self.registry
-        self.calls_active = r.gauge("voicebot_calls_active", "Calls connected to the media socket now.")
-        self.calls_total = r.counter("voicebot_calls_total", "Calls whose media stream started.")
-        self.calls_refused = r.counter(
-            "voicebot_calls_refused_total", "Calls answered with the busy TwiML instead of a stream.", ("reason",)
+        Gauge("voicebot_calls_active", "Calls connected to the media socket now.", registry=r).set_function(
+            calls_active
         )
-        self.turns = r.counter("voicebot_turns_total", "Caller turns answered, by route.", ("route",))
-        self.tickets = r.counter("voicebot_tickets_total", "Support tickets opened during calls.")
-        self.handoffs = r.counter("voicebot_handoffs_total", "Calls handed to a person, by reason.", ("reason",))
-        self.errors = r.counter("voicebot_errors_total", "Errors, by kind.", ("kind",))
-        self.auth_failures = r.counter(
+        self._calls = Counter("voicebot_calls_total", "Calls whose media stream started.", registry=r)
+        self._refused = Counter(
+            "voicebot_calls_refused_total",
+            "Calls answered with the busy TwiML instead of a stream.",
+            ("reason",),
+            registry=r,
+        )
+        self._turns = Counter("voicebot_turns_total", "Turns committed, by route.", ("route",), registry=r)
+        self._tickets = Counter("voicebot_tickets_total", "Support tickets opened during calls.", registry=r)
+        self._handed_off = Counter(
+            "voicebot_handoffs_total", "Calls handed to a person, by reason.", ("reason",), registry=r
+        )
+        self._errors = Counter("voicebot_errors_total", "Errors, by kind.", ("kind",), registry=r)
+        self._auth_failures = Counter(
             "voicebot_auth_failures_total",
             "Requests refused for a missing or wrong X-Twilio-Signature or stream token, by check.",
             ("check",),
+            registry=r,
         )
-        self.stage_latency = r.histogram(
-            "voicebot_stage_latency_seconds", "Per-turn latency of each pipeline stage.", ("stage",)
+        self._latency = Histogram(
+            "voicebot_stage_latency_seconds",
+            "Per-turn latency of each pipeline stage.",
+            ("stage",),
+            registry=r,
+            buckets=LATENCY_BUCKETS_S,
         )
+        for metric, values in (
+            (self._refused, self._refusals),
+            (self._turns, self._routes),
+            (self._handed_off, self._handoffs),
+            (self._errors, self._kinds),
+            (self._auth_failures, self._checks),
+            (self._latency, tuple(LatencyStage)),
+        ):
+            for value in values:
+                metric.labels(value)
 
-    def record_call(self, record: Mapping) -> None:
-        """Count a finished call from its stored record (`Store.get_call`)."""
-        for turn in record.get("turns", []):
-            self.turns.inc(route=str(turn.get("route")))
-            for stage, ms in (turn.get("latency_ms") or {}).items():
-                if isinstance(ms, int | float):
-                    self.stage_latency.observe(ms / 1000, stage=str(stage))
-        self.tickets.inc(len(record.get("tickets", [])))
-        if record.get("handoff"):
-            self.handoffs.inc(reason=str(record["handoff"]))
+    # ------------------------------------------------------------ what the server counts
 
-    def render(self) -> str:
-        return self.registry.render()
+    def call_started(self) -> None:
+        self._calls.inc()
+
+    def refused(self, reason: Refusal | str) -> None:
+        self._refused.labels(_bounded(reason, self._refusals)).inc()
+
+    def error(self, kind: ErrorKind | str) -> None:
+        self._errors.labels(_bounded(kind, self._kinds)).inc()
+
+    def auth_failure(self, check: AuthCheck | str) -> None:
+        self._auth_failures.labels(_bounded(check, self._checks)).inc()
+
+    def turn_committed(self, route: Route, latency_ms: Mapping[str, float | None]) -> None:
+        """A turn as the call commits it: counted by route; its stage durations go into the latency histogram,
+        any other key of `latency_ms` is left out (see `LatencyStage`)."""
+        self._turns.labels(_bounded(route, self._routes)).inc()
+        for stage in LatencyStage:
+            ms = latency_ms.get(stage)
+            if ms is not None:
+                self._latency.labels(stage).observe(ms / 1000)
+
+    def ticket_opened(self) -> None:
+        self._tickets.inc()
+
+    def handed_off(self, reason: HandoffReason | str) -> None:
+        self._handed_off.labels(_bounded(reason, self._handoffs)).inc()
+
+    # ------------------------------------------------------------ reading them
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The body and Content-Type for `GET /metrics`, in the format the scraper's `Accept` header asks for:
+        Prometheus text 0.0.4 unless it asks for OpenMetrics or text 1.0.0."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's value, e.g. `value("voicebot_errors_total", kind="store")`, for tests and checks.
+        Every series of the fixed label sets exists from the start, so a miss is a wrong name or label."""
+        sample = self.registry.get_sample_value(name, labels)
+        if sample is None:
+            raise LookupError(f"no sample {name}{labels or ''} in the server's metrics: check the name and labels")
+        return sample

@@ -90,7 +90,9 @@ class ReplyWriter:
                     why = "declined although the best entry is close enough to read"
                 if why is not None:
                     written.refused.append((chunk, why))
-                    log.info("dropped an unsupported LLM sentence (%s): %r", why, chunk)
+                    # The sentence, and why (which quotes its words), are LLM text: DEBUG only.
+                    log.info("dropped an LLM sentence the grounding check refused")
+                    log.debug("dropped LLM sentence (%s): %r", why, chunk)
                     if not said:
                         yield from self._instead(facts, read_threshold, written, decline_line)
                     return

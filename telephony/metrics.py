@@ -14,6 +14,7 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from telephony.protocol import ErrorKind
 from voicebot.routes import HandoffReason, Route
 
 OTHER = "other"  # the label value of anything outside a metric's fixed set
@@ -37,25 +38,19 @@ class LatencyStage(StrEnum):
     BARGE_IN = "barge_in"  # the caller's first sound over the bot to the phone's buffer cleared
 
 
-class ErrorKind(StrEnum):
-    """What went wrong, for `voicebot_errors_total{kind}`: the server's own faults and the protocol faults
-    `telephony.protocol.ProtocolError.kind` names."""
+class ServerFault(StrEnum):
+    """The server's own faults, for `voicebot_errors_total{kind}`; the media stream's protocol faults are
+    `telephony.protocol.ErrorKind`, counted under the same label."""
 
     CALL_CONTROL = "call_control"  # Twilio's REST API refused a transfer or hang-up
     HANDOFF_UNANSWERED = "handoff_unanswered"
     STREAM_ERROR = "stream_error"  # Twilio's stream status callback reported one
     NO_START = "no_start"
     UNKNOWN_EVENT = "unknown_event"
+    SOCKET_LIMIT = "socket_limit"  # too many media sockets waiting for their `start`
+    IDLE_STREAM = "idle_stream"
     INTERNAL = "internal"
     STORE = "store"
-    INVALID_MESSAGE = "invalid_message"
-    BAD_JSON = "bad_json"
-    BINARY_FRAME = "binary_frame"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    WRONG_STREAM_SID = "wrong_stream_sid"
-    MEDIA_BEFORE_START = "media_before_start"
-    DTMF_BEFORE_START = "dtmf_before_start"
-    MARK_BEFORE_START = "mark_before_start"
 
 
 class Refusal(StrEnum):
@@ -73,11 +68,27 @@ class AuthCheck(StrEnum):
     DIAL_SIGNATURE = "dial_signature"
     UPGRADE_SIGNATURE = "upgrade_signature"
     STREAM_TOKEN = "stream_token"
+    WEBHOOK_REPLAY = "webhook_replay"  # a signed webhook for a call whose stream has started already
+    DIAL_REPLAY = "dial_replay"  # a <Dial> report for a call not handed off from here
+    DUPLICATE_STREAM = "duplicate_stream"  # a second stream for a live call
 
 
-def _label_set(values: type[StrEnum]) -> tuple[str, ...]:
-    """A label's values in the enum's order (the order /metrics lists them), then "other"."""
-    return (*(member.value for member in values), OTHER)
+class StreamEnd(StrEnum):
+    """How a call's media stream ended, for `voicebot_calls_ended_total{how}`."""
+
+    STOP = "stop"  # Twilio's `stop`: the caller hung up, or the call moved on (a hand-off)
+    DISCONNECT = "disconnect"  # the socket closed without a `stop`
+    IDLE = "idle"  # nothing arrived for server.idle_timeout_s
+    FLOOD = "flood"  # messages came faster than the call could take them, for too long
+    PROTOCOL = "protocol_error"  # a message broke the protocol
+    BOT = "bot"  # the session ended the call: hang-up or hand-off
+    SHUTDOWN = "shutdown"  # still live when the shutdown's time ran out
+    INTERNAL = "internal_error"  # a fault of ours: logged with its traceback
+
+
+def _label_set(*enums: type[StrEnum]) -> tuple[str, ...]:
+    """A label's values in the enums' order (the order /metrics lists them), then "other"."""
+    return (*(member.value for values in enums for member in values), OTHER)
 
 
 def _bounded(value: str, allowed: tuple[str, ...]) -> str:
@@ -90,14 +101,18 @@ class ServerMetrics:
 
     def __init__(self, calls_active: Callable[[], float]) -> None:
         """`calls_active`: how many calls are connected now, read at each scrape."""
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self._routes, self._handoffs = _label_set(Route), _label_set(HandoffReason)
-        self._kinds, self._refusals, self._checks = _label_set(ErrorKind), _label_set(Refusal), _label_set(AuthCheck)
+        self._kinds, self._refusals = _label_set(ServerFault, ErrorKind), _label_set(Refusal)
+        self._checks, self._ends = _label_set(AuthCheck), _label_set(StreamEnd)
         r = self.registry
         Gauge("voicebot_calls_active", "Calls connected to the media socket now.", registry=r).set_function(
             calls_active
         )
         self._calls = Counter("voicebot_calls_total", "Calls whose media stream started.", registry=r)
+        self._ended = Counter(
+            "voicebot_calls_ended_total", "Calls whose media stream ended, by how.", ("how",), registry=r
+        )
         self._refused = Counter(
             "voicebot_calls_refused_total",
             "Calls answered with the busy TwiML instead of a stream.",
@@ -124,6 +139,7 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS_S,
         )
         for metric, values in (
+            (self._ended, self._ends),
             (self._refused, self._refusals),
             (self._turns, self._routes),
             (self._handed_off, self._handoffs),
@@ -139,10 +155,13 @@ class ServerMetrics:
     def call_started(self) -> None:
         self._calls.inc()
 
+    def call_ended(self, how: StreamEnd) -> None:
+        self._ended.labels(_bounded(how, self._ends)).inc()
+
     def refused(self, reason: Refusal | str) -> None:
         self._refused.labels(_bounded(reason, self._refusals)).inc()
 
-    def error(self, kind: ErrorKind | str) -> None:
+    def error(self, kind: ServerFault | ErrorKind | str) -> None:
         self._errors.labels(_bounded(kind, self._kinds)).inc()
 
     def auth_failure(self, check: AuthCheck | str) -> None:

@@ -6,12 +6,14 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from telephony.metrics import ErrorKind, LatencyStage, ServerMetrics
+from telephony.metrics import AuthCheck, LatencyStage, Refusal, ServerFault, ServerMetrics, StreamEnd
+from telephony.protocol import ErrorKind
 from voicebot.routes import HandoffReason, Route
 
 NAMES = {
     "voicebot_calls_active": "gauge",
     "voicebot_calls": "counter",
+    "voicebot_calls_ended": "counter",
     "voicebot_calls_refused": "counter",
     "voicebot_turns": "counter",
     "voicebot_tickets": "counter",
@@ -69,7 +71,7 @@ def test_render_parses_as_prometheus_text_with_every_metric():
 
 def test_render_speaks_openmetrics_when_the_scraper_asks():
     metrics = ServerMetrics(lambda: 0)
-    metrics.error(ErrorKind.STORE)
+    metrics.error(ServerFault.STORE)
     body, content_type = metrics.render("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
     assert content_type.startswith("application/openmetrics-text; version=1.0.0")
     parsed = {family.name: family for family in parse_openmetrics(body.decode())}
@@ -100,6 +102,22 @@ def test_tickets_and_handoffs_count_as_they_happen():
     assert metrics.value("voicebot_tickets_total") == 2
     assert metrics.value("voicebot_handoffs_total", reason="frustration") == 1
     assert metrics.value("voicebot_handoffs_total", reason="requested") == 0
+
+
+def test_every_named_fault_check_and_end_counts_under_its_own_name():
+    metrics = ServerMetrics(lambda: 0)
+    named = {
+        "voicebot_errors_total": ("kind", (*ServerFault, *ErrorKind), metrics.error),
+        "voicebot_auth_failures_total": ("check", tuple(AuthCheck), metrics.auth_failure),
+        "voicebot_calls_ended_total": ("how", tuple(StreamEnd), metrics.call_ended),
+        "voicebot_calls_refused_total": ("reason", tuple(Refusal), metrics.refused),
+        "voicebot_handoffs_total": ("reason", tuple(HandoffReason), metrics.handed_off),
+    }
+    for name, (label, values, count) in named.items():
+        for value in values:
+            count(value)
+        assert {metrics.value(name, **{label: value}) for value in values} == {1}, name
+        assert metrics.value(name, **{label: "other"}) == 0, name
 
 
 def test_label_values_outside_the_fixed_sets_are_counted_as_other():

@@ -116,6 +116,21 @@ class VoiceSettings:
 @dataclass
 class StoreSettings:
     url: str = "sqlite:///var/voicebot.db"
+    # Runs of at least this many digits the caller says (card, account, IBAN and phone numbers) are stored as
+    # "[redacted]" in transcripts and ticket summaries; 0 stores them as heard. 8 keeps prices, years, dates,
+    # order numbers up to 7 digits and ticket ids (why: voicebot/redaction.py); 1 to 6 would eat those, refused.
+    redact_digits: int = 8
+
+    def __setattr__(self, name: str, value: typing.Any) -> None:
+        """A bad redact_digits is refused where the config file or environment sets it, not at the first call."""
+        if name == "redact_digits":
+            from voicebot.redaction import check_min_digits
+
+            try:
+                check_min_digits(value, "setting store.redact_digits (VOICEBOT_STORE_REDACT_DIGITS)")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        super().__setattr__(name, value)
 
 
 @dataclass

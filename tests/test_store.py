@@ -6,18 +6,23 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+from voicebot.redaction import REDACTED
 from voicebot.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     TICKET_ALPHABET,
     SqliteStore,
     StoreError,
+    TicketIdConflict,
     TurnRecord,
     mask_number,
     new_call_id,
@@ -113,6 +118,7 @@ def test_get_call_has_the_documented_json_shape(tmp_path):
     assert call["started_at"] <= call["ended_at"]
     assert call["tickets"] == [ticket_id]
     assert call["handoff"] == "caller asked for a human"
+    assert call["interrupted"] is False, "ended by the call itself, not by close_abandoned_calls"
     assert call["turns"][0] == {
         "index": 0,
         "caller_text": "how do i return something",
@@ -272,8 +278,6 @@ def test_file_store_uses_wal_and_records_the_schema_version(tmp_path):
 
 
 def test_a_version_1_store_migrates_forward_and_keeps_its_calls(tmp_path):
-    from voicebot.store import MIGRATIONS
-
     db = tmp_path / "calls.db"
     raw = sqlite3.connect(db)
     for statement in MIGRATIONS[0]:
@@ -400,3 +404,163 @@ def test_concurrent_writes_from_four_threads_all_land(tmp_path):
         assert all(c["turn_count"] == 25 and c["ended_at"] for c in calls)
         assert sorted(t.id for t in reopened.list_tickets(limit=100)) == sorted(tickets)
         assert len(set(tickets)) == 20
+
+
+def test_commits_are_durable_before_they_return(tmp_path):
+    with SqliteStore(tmp_path / "calls.db") as store:
+        conn = store._connection()  # the pragma is per connection: ask the store's own
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2, "FULL: the WAL is fsync'd at each commit"
+
+
+def test_create_ticket_with_a_given_id_is_idempotent_and_refuses_another_calls_id(tmp_path):
+    db = tmp_path / "calls.db"
+    ticket_id = new_ticket_id()
+    with open_store(str(db)) as store:
+        store.start_call("CA1", CALLER, "twilio")
+        store.start_call("CA2", CALLER, "twilio")
+        ticket = store.create_ticket("CA1", CALLER, "damaged", "Parcel arrived broken", ticket_id=ticket_id)
+        assert (ticket.id, ticket.call_id, ticket.summary) == (ticket_id, "CA1", "Parcel arrived broken")
+
+    with open_store(str(db)) as store:  # the spool replays it after a restart
+        replayed = store.create_ticket("CA1", CALLER, "other", "a later summary", ticket_id=ticket_id)
+        assert replayed == ticket, "a replay returns the ticket as first stored"
+        assert store.tickets_for_call("CA1") == [ticket]
+
+        with pytest.raises(TicketIdConflict, match=f"{ticket_id}.*CA2.*CA1") as err:
+            store.create_ticket("CA2", CALLER, "other", "x", ticket_id=ticket_id)
+        assert isinstance(err.value, ValueError) and not isinstance(err.value, StoreError)
+        assert err.value.existing == ticket
+        assert store.tickets_for_call("CA2") == []
+
+        for bad in ("k7mqx3", "K7MQX", "K7MQX0", "K7MQX33"):
+            with pytest.raises(ValueError, match="new_ticket_id"):
+                store.create_ticket("CA2", CALLER, "other", "x", ticket_id=bad)
+        with pytest.raises(ValueError, match=r"CAnever.*start_call"):
+            store.create_ticket("CAnever", CALLER, "other", "x", ticket_id=new_ticket_id())
+        assert len(store.list_tickets()) == 1
+
+
+def _version_3_store(db: Path) -> None:
+    """A database as voicebot wrote it before calls had owners: one call ended, one left open by a crash."""
+    raw = sqlite3.connect(db)
+    for statements in MIGRATIONS[:3]:
+        for statement in statements:
+            raw.execute(statement)
+    raw.execute("INSERT INTO calls (call_id, channel, started_at, ended_at) VALUES ('CAdone', 'chat', 'a', 'b')")
+    raw.execute("INSERT INTO calls (call_id, channel, started_at) VALUES ('CAopen', 'twilio', 'c')")
+    raw.execute(
+        "INSERT INTO turns (call_id, turn_index, caller_text, route, faq_id, reply_text, interrupted, state, "
+        "latency_ms) VALUES ('CAopen', 0, 'hello', 'llm', NULL, 'hi', 0, 'consulting', '{}')"
+    )
+    raw.execute("PRAGMA user_version = 3")
+    raw.commit()
+    raw.close()
+
+
+def test_a_version_3_store_migrates_and_its_open_calls_are_left_alone(tmp_path):
+    db = tmp_path / "calls.db"
+    _version_3_store(db)
+    with open_store(str(db)) as store:
+        assert [c["interrupted"] for c in store.list_calls()] == [False, False]
+        assert store.close_abandoned_calls() == [], "a call without an owner may be a live older voicebot's"
+        assert store.get_call("CAopen")["ended_at"] is None
+        assert store.start_call("CAopen", None, "twilio") == 1, "reopened, its turn kept"
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        owners = dict(raw.execute("SELECT call_id, owner FROM calls"))
+    finally:
+        raw.close()
+    assert owners["CAdone"] is None
+    host, pid, *_ = owners["CAopen"].split(":")
+    assert (host, int(pid)) == (socket.gethostname(), os.getpid())
+
+
+# A `voicebot serve` stand-in: starts a call in the store it is given, says so, and runs until it is killed.
+SERVER = """
+import sys, time
+from voicebot.store import open_store
+store = open_store(sys.argv[1])
+store.start_call(sys.argv[2], None, "twilio")
+print("started", flush=True)
+time.sleep(60)
+"""
+
+
+def _set_owner(db: Path, call_id: str, owner: str) -> None:
+    raw = sqlite3.connect(db)
+    raw.execute("UPDATE calls SET owner = ? WHERE call_id = ?", (owner, call_id))
+    raw.commit()
+    raw.close()
+
+
+def test_close_abandoned_calls_closes_only_the_calls_of_a_dead_process_of_this_host(tmp_path):
+    db = tmp_path / "calls.db"
+    store = open_store(str(db))
+    store.start_call("CAmine", CALLER, "twilio")  # this process's live call
+    store.start_call("CAelsewhere", CALLER, "twilio")
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(db), "CAcrashed"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "started\n"
+        assert store.close_abandoned_calls() == [], "the other worker is alive: its call is live"
+    finally:
+        server.kill()  # kill -9: no end_call, no clean-up
+        server.wait()
+    # the same dead pid on another host (a shared database): that host's own voicebot must decide
+    _set_owner(db, "CAelsewhere", f"elsewhere.example:{server.pid}")
+
+    assert store.close_abandoned_calls() == ["CAcrashed"]
+    crashed = store.get_call("CAcrashed")
+    assert crashed["interrupted"] is True and ISO_Z.fullmatch(crashed["ended_at"])
+    assert [c["call_id"] for c in store.list_calls() if c["interrupted"]] == ["CAcrashed"]
+    for call_id in ("CAmine", "CAelsewhere"):
+        assert store.get_call(call_id)["ended_at"] is None and not store.get_call(call_id)["interrupted"]
+    assert store.close_abandoned_calls() == [], "closed once"
+
+    # the call comes back (Twilio reopens the stream): live again, owned by this process, not interrupted
+    store.start_call("CAcrashed", CALLER, "twilio")
+    assert store.get_call("CAcrashed")["interrupted"] is False
+    assert store.close_abandoned_calls() == []
+    store.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc")
+def test_a_crashed_process_whose_pid_runs_again_is_still_known_dead(tmp_path):
+    """A restarted container's server is pid 1 again: its start time tells it from the one that crashed."""
+    db = tmp_path / "calls.db"
+    with open_store(str(db)) as store:
+        store.start_call("CAbefore", CALLER, "twilio")
+        _set_owner(db, "CAbefore", f"{store.owner.rsplit(':', 1)[0]}:1")  # this pid, started at another time
+        assert store.owner.count(":") == 2
+        assert store.close_abandoned_calls() == ["CAbefore"]
+
+
+def test_long_numbers_are_stored_redacted_and_kept_with_the_setting_off(tmp_path):
+    said = "my card 4111 1111 1111 1111 was charged twice for order 1234567"
+    echoed = "I see a charge on 4111 1111 1111 1111."
+    turn = TurnRecord(0, said, "ticket", None, echoed, False, "complaint", {})
+    redacted = f"my card {REDACTED} was charged twice for order 1234567"
+
+    with open_store(str(tmp_path / "on.db")) as store:  # on by default
+        store.start_call("CA1", CALLER, "twilio")
+        store.record_turn("CA1", turn)
+        ticket = store.create_ticket("CA1", CALLER, "billing", said)
+        [stored] = store.get_call("CA1")["turns"]
+        assert (stored["caller_text"], stored["reply_text"]) == (redacted, f"I see a charge on {REDACTED}.")
+        assert ticket.summary == redacted == store.get_ticket(ticket.id).summary
+        assert store.get_call("CA1")["tickets"] == [ticket.id]
+    assert b"4111" not in (tmp_path / "on.db").read_bytes(), "the number is in no page of the file"
+
+    with open_store(str(tmp_path / "off.db"), redact_digits=0) as store:
+        store.start_call("CA1", CALLER, "twilio")
+        store.record_turn("CA1", turn)
+        assert store.create_ticket("CA1", CALLER, "billing", said).summary == said
+        assert store.get_call("CA1")["turns"][0]["caller_text"] == said
+
+    with open_store(str(tmp_path / "cards.db"), redact_digits=13) as store:
+        store.start_call("CA1", CALLER, "twilio")
+        assert store.create_ticket("CA1", CALLER, "callback", "call 555 010 0199").summary == "call 555 010 0199"
+
+    with pytest.raises(ValueError, match=r"store\.redact_digits.*is 5"):
+        open_store(str(tmp_path / "bad.db"), redact_digits=5)

@@ -9,6 +9,12 @@ message that breaks the protocol raises `ProtocolError` carrying Twilio's error 
 caller of the parser can log it and close the socket. Events this module does not know are returned as
 `Unknown` and counted, not refused: Twilio may add events, and one extra message must not end a call.
 
+Anyone who can open the media socket reaches the parser before `start` proves the call (an upgrade signature
+covers only the URL, so it can be replayed), so every message is treated as hostile: it is refused cheaply when
+too long or nested too deeply, every field used is type- and range-checked, and `ProtocolError` is the only
+exception `StreamParser.receive` raises. Its `kind` is one of the few `ErrorKind` labels (a metric label) and
+its message is ASCII, quoting the input clipped to a short line.
+
 The other direction lives here too (`TwilioStreamWriter`, `parse_outbound`), so the Twilio simulator and the
 tests speak the protocol from the same definitions as the server. Nothing here does I/O or reads a clock.
 """
@@ -18,9 +24,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
+
+import numpy as np
+
+from telephony.log_limit import clip
 
 ENCODING = "audio/x-mulaw"
 SAMPLE_RATE = 8000
@@ -30,15 +42,47 @@ DTMF_DIGITS = frozenset("0123456789*#")
 BINARY_FRAME = 31950
 INVALID_MESSAGE = 31951
 
+# Bounds on what a message may hold. Twilio's own messages stay far inside them: a 20 ms media message is ~300
+# characters and nests 3 deep, and <Parameter> name + value must be under 500 characters.
+MAX_MESSAGE_CHARS = 2**16  # the media socket's frame limit (websockets max_size) too
+MAX_DEPTH = 32  # arrays and objects within each other; far below json's recursion limit
+MAX_NAME_CHARS = 64  # event names, SIDs, tracks, connected.protocol/version
+MAX_MARK_CHARS = 256  # mark names: ours, echoed back
+MAX_TRACKS = 4
+MAX_PARAMETERS = 32
+MAX_PARAMETER_CHARS = 500  # one custom parameter's name and value together
+MAX_COUNTER = 2**63 - 1  # chunk and timestamp: non-negative, fit a signed 64-bit integer
+
+_SID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
+_DIGITS = re.compile(rf"[0-9]{{1,{len(str(MAX_COUNTER))}}}")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string literal, escapes included
+# bytes.translate arguments that keep only brackets, as +1 (opening) and -1 (closing) int8 values.
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[{]}"))
+
+
+class ErrorKind(StrEnum):
+    """Why a message was refused: the `kind` label of the errors metric, so a small fixed set."""
+
+    BINARY_FRAME = "binary_frame"
+    TOO_LARGE = "too_large"  # over MAX_MESSAGE_CHARS, or nested deeper than MAX_DEPTH
+    BAD_JSON = "bad_json"
+    INVALID_MESSAGE = "invalid_message"  # a field missing, of the wrong type or out of range; a second 'start'
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    WRONG_STREAM_SID = "wrong_stream_sid"
+    MEDIA_BEFORE_START = "media_before_start"
+    DTMF_BEFORE_START = "dtmf_before_start"
+    MARK_BEFORE_START = "mark_before_start"
+
 
 class ProtocolError(ValueError):
     """A message breaks the Media Streams protocol. `kind` labels the fault for metrics; `code` is the Twilio
     error number that describes it."""
 
-    def __init__(self, kind: str, code: int, message: str) -> None:
-        super().__init__(f"{message} (Twilio error {code})")
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         self.kind = kind
-        self.code = code
+        self.code = BINARY_FRAME if kind is ErrorKind.BINARY_FRAME else INVALID_MESSAGE
+        super().__init__(f"{message} (Twilio error {self.code})")
 
 
 # ---------------------------------------------------------------- events
@@ -113,65 +157,156 @@ OutboundEvent = Play | Mark | Clear
 
 
 def _invalid(message: str) -> ProtocolError:
-    return ProtocolError("invalid_message", INVALID_MESSAGE, message)
+    return ProtocolError(ErrorKind.INVALID_MESSAGE, message)
 
 
-def _decode(message: str | bytes) -> dict:
+def _got(value: object) -> str:
+    """What a field held, for an error message: its type and a clipped repr."""
+    return "nothing" if value is None else f"{type(value).__name__} {clip(value, 40)}"
+
+
+def _too_deep(text: str) -> bool:
+    """Whether `text` nests arrays and objects deeper than MAX_DEPTH, counting brackets outside its strings.
+
+    Up to the first fault in broken JSON (all json.loads recurses into), strings are found as json finds them and
+    everything else is ASCII, so the depth counted there is exact. A 64 KiB message takes 1-3 ms.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    steps = _STRING.sub("", text).encode("ascii", "ignore").translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    return int(np.cumsum(np.frombuffer(steps, np.int8), dtype=np.int64).max(initial=0)) > MAX_DEPTH
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode(message: str | bytes) -> dict[str, object]:
     if isinstance(message, bytes | bytearray | memoryview):
         raise ProtocolError(
-            "binary_frame", BINARY_FRAME, f"binary WebSocket frame of {len(message)} bytes: Media Streams use JSON text"
+            ErrorKind.BINARY_FRAME,
+            f"binary WebSocket frame of {len(message)} bytes: Media Streams use JSON text",
         )
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(
+            ErrorKind.TOO_LARGE, f"message of {len(message)} characters is over {MAX_MESSAGE_CHARS}: {clip(message)}"
+        )
+    if _too_deep(message):
+        raise ProtocolError(ErrorKind.TOO_LARGE, f"message nests deeper than {MAX_DEPTH} levels: {clip(message)}")
     try:
-        data = json.loads(message)
+        data = json.loads(message, parse_constant=_no_constant)
     except ValueError as exc:
-        raise ProtocolError("bad_json", INVALID_MESSAGE, f"message is not JSON ({exc}): {message[:80]!r}") from exc
+        raise ProtocolError(ErrorKind.BAD_JSON, f"message is not JSON ({clip(str(exc))}): {clip(message)}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("event"), str):
-        raise _invalid(f"message has no string 'event' field: {message[:80]!r}")
+        raise _invalid(f"message has no string 'event' field: {clip(message)}")
+    if len(data["event"]) > MAX_NAME_CHARS:
+        raise _invalid(f"event name of {len(data['event'])} characters is over {MAX_NAME_CHARS}: {clip(data['event'])}")
     return data
 
 
-def _field(data: Mapping, key: str, kind: type, where: str) -> object:
+def _object(data: Mapping, key: str, where: str) -> Mapping:
     value = data.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise _invalid(f"{where}.{key} must be a {kind.__name__}, got {value!r}")
+    if not isinstance(value, dict):
+        raise _invalid(f"'{where}' message has no '{key}' object (got {_got(value)})")
     return value
 
 
-def _int_field(data: Mapping, key: str, where: str) -> int:
-    """Twilio sends numeric counters as strings ("chunk": "2"); accept a plain number too."""
+def _text(data: Mapping, key: str, where: str, limit: int, default: str | None = None) -> str:
+    """A string field of at most `limit` characters; `default` stands in for an absent (or null) optional one."""
     value = data.get(key)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise _invalid(f"{where}.{key} must be a number or a numeric string, got {value!r}") from None
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str) or len(value) > limit:
+        raise _invalid(f"{where}.{key} must be a string of at most {limit} characters, got {_got(value)}")
+    return value
 
 
-def _object(data: Mapping, key: str, event: str) -> Mapping:
+def _sid(data: Mapping, key: str, where: str, default: str | None = None) -> str:
+    """A Twilio SID (`MZ…`, `CA…`, `AC…`): letters, digits, '-' or '_', so it is safe in logs, URLs and SQL."""
     value = data.get(key)
-    if not isinstance(value, dict):
-        raise _invalid(f"'{event}' message has no '{key}' object")
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str) or not _SID.fullmatch(value):
+        raise _invalid(f"{where}.{key} must be a SID of 1-{MAX_NAME_CHARS} letters, digits, - or _, got {_got(value)}")
+    return value
+
+
+def _counter(data: Mapping, key: str, where: str) -> int:
+    """Twilio sends numeric counters as strings ("chunk": "2"); accept a plain whole number too."""
+    value = data.get(key)
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= MAX_COUNTER:
+        raise _invalid(
+            f"{where}.{key} must be a number or a numeric string from 0 to 2**63 - 1, got {_got(data.get(key))}"
+        )
     return value
 
 
 def _payload(text: object, where: str) -> bytes:
     if not isinstance(text, str):
-        raise _invalid(f"{where}.payload must be a base64 string, got {type(text).__name__}")
+        raise _invalid(f"{where}.payload must be a base64 string, got {_got(text)}")
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _invalid(f"{where}.payload is not base64: {exc}") from exc
+        raise _invalid(f"{where}.payload is not base64 ({clip(str(exc))}): {clip(text)}") from exc
+
+
+def _tracks(start: Mapping) -> tuple[str, ...]:
+    tracks = start.get("tracks")
+    if tracks is None:
+        return ()
+    if (
+        not isinstance(tracks, list)
+        or len(tracks) > MAX_TRACKS
+        or not all(isinstance(t, str) and len(t) <= MAX_NAME_CHARS for t in tracks)
+    ):
+        raise _invalid(
+            f"start.tracks must be a list of at most {MAX_TRACKS} names of at most {MAX_NAME_CHARS} characters, "
+            f"got {_got(tracks)}"
+        )
+    return tuple(tracks)
+
+
+def _check_format(start: Mapping) -> None:
+    media_format = _object(start, "mediaFormat", "start")
+    fmt = (media_format.get("encoding"), media_format.get("sampleRate"), media_format.get("channels"))
+    if fmt != (ENCODING, SAMPLE_RATE, 1) or [type(v) for v in fmt] != [str, int, int]:
+        shown = ", ".join(clip(v, 40) for v in fmt)
+        raise ProtocolError(
+            ErrorKind.UNSUPPORTED_FORMAT,
+            f"stream media format ({shown}) is not ({ENCODING!r}, {SAMPLE_RATE}, 1); use a bidirectional "
+            "<Connect><Stream>, which always carries 8 kHz mono mu-law",
+        )
+
+
+def _custom_parameters(start: Mapping) -> Mapping[str, str]:
+    """The <Parameter> values: at most MAX_PARAMETERS strings, each under Twilio's length limit with its name."""
+    params = start.get("customParameters")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict) or len(params) > MAX_PARAMETERS:
+        raise _invalid(
+            f"start.customParameters must be an object of at most {MAX_PARAMETERS} parameters, got {_got(params)}"
+        )
+    for name, value in params.items():
+        if not isinstance(value, str) or len(name) + len(value) > MAX_PARAMETER_CHARS:
+            raise _invalid(
+                f"start.customParameters[{clip(name, 40)}] must be a string of at most {MAX_PARAMETER_CHARS} "
+                f"characters with its name, got {_got(value)}"
+            )
+    return MappingProxyType(dict(params))
 
 
 # ---------------------------------------------------------------- server side
 
 
 class StreamParser:
-    """One stream's inbound messages, in order: typed events out, protocol faults raised.
+    """One stream's inbound messages, in order: typed events out, protocol faults raised as `ProtocolError`.
 
     Media, DTMF and marks are refused before `start` (there is no call to give them to yet) and refused when
-    they name another stream's `streamSid`. `unknown_events` counts the events skipped as `Unknown`.
+    they name another stream's `streamSid`. A refused message leaves the state as it was. `unknown_events`
+    counts the events skipped as `Unknown`.
     """
 
     def __init__(self) -> None:
@@ -180,10 +315,13 @@ class StreamParser:
 
     def receive(self, message: str | bytes) -> InboundEvent:
         data = _decode(message)
-        event = data["event"]
+        event = str(data["event"])
         match event:
             case "connected":
-                return Connected(str(data.get("protocol", "")), str(data.get("version", "")))
+                return Connected(
+                    _text(data, "protocol", "connected", MAX_NAME_CHARS, default=""),
+                    _text(data, "version", "connected", MAX_NAME_CHARS, default=""),
+                )
             case "start":
                 return self._start(data)
             case "media" | "dtmf" | "mark" | "stop":
@@ -196,41 +334,29 @@ class StreamParser:
         if self.stream_sid is not None:
             raise _invalid(f"second 'start' on stream {self.stream_sid}")
         start = _object(data, "start", "start")
-        stream_sid = _field(start, "streamSid", str, "start")
+        stream_sid = _sid(start, "streamSid", "start")
         if data.get("streamSid", stream_sid) != stream_sid:
-            raise _invalid(f"'start' names two streams: {data.get('streamSid')!r} and {stream_sid!r}")
-        media_format = start.get("mediaFormat") or {}
-        fmt = (media_format.get("encoding"), media_format.get("sampleRate"), media_format.get("channels"))
-        if fmt != (ENCODING, SAMPLE_RATE, 1):
-            raise ProtocolError(
-                "unsupported_format",
-                INVALID_MESSAGE,
-                f"stream media format {fmt} is not ({ENCODING!r}, {SAMPLE_RATE}, 1); use a bidirectional "
-                "<Connect><Stream>, which always carries 8 kHz mono mu-law",
-            )
-        params = start.get("customParameters") or {}
-        if not isinstance(params, dict):
-            raise _invalid(f"start.customParameters must be an object, got {params!r}")
-        self.stream_sid = str(stream_sid)
-        return Start(
-            stream_sid=self.stream_sid,
-            call_sid=str(_field(start, "callSid", str, "start")),
-            account_sid=str(start.get("accountSid", "")),
-            tracks=tuple(str(t) for t in start.get("tracks") or ()),
-            custom_parameters=MappingProxyType({str(k): str(v) for k, v in params.items()}),
+            raise _invalid(f"'start' names two streams: {clip(data.get('streamSid'))} and {stream_sid!r}")
+        _check_format(start)
+        parsed = Start(
+            stream_sid=stream_sid,
+            call_sid=_sid(start, "callSid", "start"),
+            account_sid=_sid(start, "accountSid", "start", default=""),
+            tracks=_tracks(start),
+            custom_parameters=_custom_parameters(start),
         )
+        self.stream_sid = stream_sid
+        return parsed
 
     def _check_stream(self, data: Mapping, event: str) -> None:
         if self.stream_sid is None:
             if event == "stop":
                 return  # the caller left before the stream started: nothing to check against
-            raise ProtocolError(f"{event}_before_start", INVALID_MESSAGE, f"'{event}' message before 'start'")
+            raise ProtocolError(ErrorKind(f"{event}_before_start"), f"'{event}' message before 'start'")
         sid = data.get("streamSid")
         if sid != self.stream_sid:
             raise ProtocolError(
-                "wrong_stream_sid",
-                INVALID_MESSAGE,
-                f"'{event}' message for stream {sid!r} on stream {self.stream_sid!r}",
+                ErrorKind.WRONG_STREAM_SID, f"'{event}' message for stream {clip(sid)} on stream {self.stream_sid!r}"
             )
 
     def _stream_event(self, data: Mapping, event: str) -> InboundEvent:
@@ -238,19 +364,23 @@ class StreamParser:
             media = _object(data, "media", event)
             return Media(
                 payload=_payload(media.get("payload"), "media"),
-                timestamp_ms=_int_field(media, "timestamp", "media"),
-                chunk=_int_field(media, "chunk", "media"),
-                track=str(media.get("track", "inbound")),
+                timestamp_ms=_counter(media, "timestamp", "media"),
+                chunk=_counter(media, "chunk", "media"),
+                track=_text(media, "track", "media", MAX_NAME_CHARS, default="inbound"),
             )
         if event == "dtmf":
-            digit = _field(_object(data, "dtmf", event), "digit", str, "dtmf")
+            digit = _text(_object(data, "dtmf", event), "digit", "dtmf", 1)
             if digit not in DTMF_DIGITS:
-                raise _invalid(f"dtmf.digit {digit!r} is not one of 0-9, * or #")
-            return Dtmf(str(digit))
+                raise _invalid(f"dtmf.digit {clip(digit)} is not one of 0-9, * or #")
+            return Dtmf(digit)
         if event == "mark":
-            return Mark(str(_field(_object(data, "mark", event), "name", str, "mark")))
+            return Mark(_text(_object(data, "mark", event), "name", "mark", MAX_MARK_CHARS))
         stop = data.get("stop")
-        return Stop(str(stop.get("callSid", "")) if isinstance(stop, dict) else "")
+        if stop is None:
+            return Stop("")
+        if not isinstance(stop, dict):
+            raise _invalid(f"'stop' message's 'stop' must be an object, got {_got(stop)}")
+        return Stop(_sid(stop, "callSid", "stop", default=""))
 
 
 def media_message(stream_sid: str, payload: bytes) -> str:
@@ -325,15 +455,15 @@ class TwilioStreamWriter:
 def parse_outbound(message: str | bytes, stream_sid: str) -> OutboundEvent:
     """What Twilio checks in the server's messages: JSON text, a known event, the stream's own streamSid."""
     data = _decode(message)
-    event = data["event"]
+    event = str(data["event"])
     if data.get("streamSid") != stream_sid:
         raise ProtocolError(
-            "wrong_stream_sid", INVALID_MESSAGE, f"'{event}' for stream {data.get('streamSid')!r}, not {stream_sid!r}"
+            ErrorKind.WRONG_STREAM_SID, f"'{event}' for stream {clip(data.get('streamSid'))}, not {stream_sid!r}"
         )
     if event == "media":
         return Play(_payload(_object(data, "media", event).get("payload"), "media"))
     if event == "mark":
-        return Mark(str(_field(_object(data, "mark", event), "name", str, "mark")))
+        return Mark(_text(_object(data, "mark", event), "name", "mark", MAX_MARK_CHARS))
     if event == "clear":
         return Clear()
-    raise _invalid(f"unknown outbound event {event!r}: the server may send only media, mark and clear")
+    raise _invalid(f"unknown outbound event {clip(event)}: the server may send only media, mark and clear")

@@ -11,9 +11,13 @@ import pytest
 from telephony.protocol import (
     BINARY_FRAME,
     INVALID_MESSAGE,
+    MAX_COUNTER,
+    MAX_MESSAGE_CHARS,
+    MAX_PARAMETERS,
     Clear,
     Connected,
     Dtmf,
+    ErrorKind,
     Mark,
     Media,
     Play,
@@ -186,3 +190,189 @@ def test_the_simulators_messages_parse_as_twilios():
     assert parser.receive(writer.dtmf("#")) == Dtmf("#")
     assert parser.receive(writer.mark("m")) == Mark("m")
     assert parser.receive(writer.stop()) == Stop(CALL)
+
+
+# ---------------------------------------------------------------- hostile input: every fault is a counted ProtocolError
+
+
+def start_with(**changes: object) -> str:
+    """Twilio's documented `start`, with fields of its `start` object replaced (a value of ... deletes one)."""
+    message = json.loads(START)
+    for key, value in changes.items():
+        if value is ...:
+            del message["start"][key]
+        else:
+            message["start"][key] = value
+    return json.dumps(message)
+
+
+def media_with(**changes: object) -> str:
+    message = json.loads(media())
+    message["media"].update(changes)
+    return json.dumps(message)
+
+
+def refused(parser: StreamParser, message: str | bytes) -> ProtocolError:
+    """The ProtocolError `message` raises, checked to be short and on one line whatever the input held."""
+    with pytest.raises(ProtocolError) as err:
+        parser.receive(message)
+    text = str(err.value)
+    assert len(text) <= 300 and text.isascii() and text.isprintable(), text
+    return err.value
+
+
+def test_the_kinds_stay_the_metric_labels_the_server_counts():
+    assert {str(kind) for kind in ErrorKind} == {
+        "binary_frame",
+        "too_large",
+        "bad_json",
+        "invalid_message",
+        "unsupported_format",
+        "wrong_stream_sid",
+        "media_before_start",
+        "dtmf_before_start",
+        "mark_before_start",
+    }
+    err = refused(started(), b"\x00")
+    assert err.kind == "binary_frame" and f"{err.kind}" == "binary_frame"  # a plain string as a label value
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "[" * 60_000,  # was a RecursionError out of json.loads
+        "{" * 60_000,
+        '{"event": "x", "a": ' + "[" * 33 + "]" * 33 + "}",  # valid JSON, just too deep
+        '{"event": "x", "a": "' + "x" * MAX_MESSAGE_CHARS + '"}',
+    ],
+    ids=["60k-brackets", "60k-braces", "33-deep", "over-64k"],
+)
+def test_too_long_or_too_deep_is_refused_before_parsing(message):
+    assert refused(started(), message).kind == ErrorKind.TOO_LARGE
+
+
+def test_depth_is_counted_outside_strings_and_real_nesting_up_to_the_limit_passes():
+    parser = started()
+    in_a_string = json.dumps({"event": "x", "a": "[" * 100, "b": ["{" * 40]})
+    assert parser.receive(in_a_string) == Unknown("x")
+    assert parser.receive('{"event": "y", "a": ' + "[" * 31 + "]" * 31 + "}") == Unknown("y")  # 32 deep in all
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        (start_with(mediaFormat="x"), "no 'mediaFormat' object"),  # was an AttributeError
+        (start_with(mediaFormat=...), "no 'mediaFormat' object"),
+        (start_with(tracks=5), "start.tracks must be a list"),  # was a TypeError
+        (start_with(tracks=[{"a": 1}]), "start.tracks must be a list"),
+        (start_with(tracks=["inbound"] * 5), "start.tracks must be a list of at most 4"),
+        (start_with(customParameters={"token": {"nested": "object"}}), "customParameters['token'] must be a string"),
+        (start_with(customParameters={"token": 7}), "customParameters['token'] must be a string"),
+        (start_with(customParameters=["token"]), "customParameters must be an object"),
+        (start_with(customParameters={str(i): "v" for i in range(MAX_PARAMETERS + 1)}), "at most 32"),
+        (start_with(customParameters={"token": "x" * 500}), "at most 500 characters with its name"),
+        (start_with(streamSid="MZ" + "1" * 100), "start.streamSid must be a SID"),
+        (start_with(callSid="CA/../../Accounts"), "start.callSid must be a SID"),
+        (start_with(callSid=None), "start.callSid must be a SID"),
+        (start_with(accountSid=["AC1"]), "start.accountSid must be a SID"),
+        (start_with(streamSid="MZ" + "2" * 32), "'start' names two streams"),
+    ],
+)
+def test_a_malformed_start_is_refused_and_the_stream_stays_unstarted(message, words):
+    parser = StreamParser()
+    err = refused(parser, message)
+    assert err.kind == ErrorKind.INVALID_MESSAGE and words in str(err)
+    assert parser.stream_sid is None
+    assert isinstance(parser.receive(START), Start)  # the real start still works
+
+
+@pytest.mark.parametrize(
+    "media_format",
+    [
+        {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": True},
+        {"encoding": "audio/x-mulaw", "sampleRate": 8000.0, "channels": 1},
+        {"encoding": "audio/x-mulaw" * 1000, "sampleRate": 8000, "channels": 1},
+        {},
+    ],
+)
+def test_a_format_that_is_not_exactly_8k_mono_mulaw_is_unsupported(media_format):
+    assert refused(StreamParser(), start_with(mediaFormat=media_format)).kind == ErrorKind.UNSUPPORTED_FORMAT
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        (media().replace('"timestamp": "5"', '"timestamp": 1e400'), "got float inf"),  # was an OverflowError
+        (media_with(timestamp="9" * 400), "media.timestamp must be a number"),  # was a 400-digit int
+        (media().replace('"timestamp": "5"', '"timestamp": ' + "9" * 400), "media.timestamp must be a number"),
+        (media_with(timestamp=MAX_COUNTER + 1), "from 0 to 2**63 - 1"),
+        (media_with(timestamp=str(MAX_COUNTER + 1)), "from 0 to 2**63 - 1"),
+        (media_with(chunk=-1), "media.chunk must be a number"),
+        (media_with(chunk="-1"), "media.chunk must be a number"),
+        (media_with(chunk=" 2"), "media.chunk must be a number"),
+        (media_with(chunk="٢"), "media.chunk must be a number"),  # int() reads an Arabic-Indic digit
+        (media_with(chunk=2.5), "media.chunk must be a number"),
+        (media_with(chunk=True), "media.chunk must be a number"),
+        (media_with(payload="é" * 8), "media.payload is not base64"),
+        (media_with(payload="AAA"), "media.payload is not base64"),
+        (media_with(payload=["AAAA"]), "media.payload must be a base64 string"),
+        (media_with(track={"x": 1}), "media.track must be a string"),
+        (media_with(track="t" * 65), "media.track must be a string of at most 64"),
+        (json.dumps({"event": "mark", "streamSid": STREAM, "mark": {"name": "m" * 257}}), "at most 256"),
+        (json.dumps({"event": "dtmf", "streamSid": STREAM, "dtmf": {"digit": "12"}}), "dtmf.digit must be"),
+        (json.dumps({"event": "stop", "streamSid": STREAM, "stop": "now"}), "'stop' must be an object"),
+        (json.dumps({"event": "stop", "streamSid": STREAM, "stop": {"callSid": 5}}), "stop.callSid must be a SID"),
+        (json.dumps({"event": "e" * 65}), "event name of 65 characters is over 64"),
+    ],
+)
+def test_a_malformed_stream_event_is_refused_with_a_short_message(message, words):
+    err = refused(started(), message)
+    assert err.kind == ErrorKind.INVALID_MESSAGE and words in str(err)
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_json_extensions_are_not_json(constant):
+    assert refused(started(), media().replace('"timestamp": "5"', f'"timestamp": {constant}')).kind == "bad_json"
+
+
+def test_counters_accept_what_twilio_sends_up_to_64_bits():
+    parser = started()
+    assert parser.receive(media_with(chunk="0", timestamp=str(MAX_COUNTER))) == Media(b"\xff" * 160, MAX_COUNTER, 0)
+    assert parser.receive(media_with(chunk=7, timestamp="0042")) == Media(b"\xff" * 160, 42, 7)
+
+
+def test_a_second_start_is_refused_and_the_first_stream_goes_on():
+    parser = started()
+    other = json.loads(START)
+    other["streamSid"] = other["start"]["streamSid"] = "MZ" + "9" * 32
+    for message in (START, json.dumps(other)):
+        err = refused(parser, message)
+        assert err.kind == ErrorKind.INVALID_MESSAGE and "second 'start'" in str(err)
+    assert parser.stream_sid == STREAM
+    assert isinstance(parser.receive(media()), Media)
+    assert refused(parser, media(stream="MZ" + "9" * 32)).kind == ErrorKind.WRONG_STREAM_SID
+
+
+def test_attacker_text_in_error_messages_is_clipped_to_one_short_line():
+    huge = "\n" * 10_000
+    assert refused(StreamParser(), huge).kind == ErrorKind.BAD_JSON
+    assert refused(started(), json.dumps({"event": "media", "streamSid": huge})).kind == ErrorKind.WRONG_STREAM_SID
+    assert refused(StreamParser(), start_with(customParameters={huge: "v"})).kind == ErrorKind.INVALID_MESSAGE
+    encoding = {"encoding": huge, "sampleRate": 8000, "channels": 1}
+    assert refused(StreamParser(), start_with(mediaFormat=encoding)).kind == ErrorKind.UNSUPPORTED_FORMAT
+
+
+def test_what_twilio_may_add_is_still_accepted():
+    parser = StreamParser()
+    assert parser.receive('{"event": "connected", "protocol": "Call", "version": "1.0.0", "new": [1]}') == Connected(
+        "Call", "1.0.0"
+    )
+    assert parser.receive('{"event": "connected"}') == Connected("", "")
+    start = parser.receive(start_with(tracks=..., customParameters=None, extra={"a": [1, 2]}))
+    assert isinstance(start, Start) and start.tracks == () and start.custom_parameters == {}
+    assert parser.receive(json.dumps({"event": "e" * 64, "payload": {"deep": [[1]]}})) == Unknown("e" * 64)
+    with_extras = json.loads(media())
+    with_extras["media"]["something"] = {"new": True}
+    with_extras["extra"] = None
+    assert isinstance(parser.receive(json.dumps(with_extras)), Media)
+    assert parser.receive(json.dumps({"event": "stop", "streamSid": STREAM})) == Stop("")

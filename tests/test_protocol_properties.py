@@ -78,11 +78,10 @@ def receive(parser: StreamParser, message: str | bytes) -> object:
     return event
 
 
-def started() -> tuple[StreamParser, TwilioStreamWriter]:
-    writer = TwilioStreamWriter(STREAM, CALL, ACCOUNT)
+def started() -> StreamParser:
     parser = StreamParser()
-    parser.receive(writer.start({"token": "t"}))
-    return parser, writer
+    parser.receive(TwilioStreamWriter(STREAM, CALL, ACCOUNT).start({"token": "t"}))
+    return parser
 
 
 # ---------------------------------------------------------------- anything in: an event or a ProtocolError
@@ -94,7 +93,7 @@ JSONISH = '[]{}",:\\ 1aeé-'  # the characters that steer json.loads and the dep
 @FAST
 @given(st.text(max_size=300) | st.text(JSONISH, max_size=300) | st.binary(max_size=300))
 def test_arbitrary_text_and_bytes(message):
-    for parser in (StreamParser(), started()[0]):
+    for parser in (StreamParser(), started()):
         receive(parser, message)
 
 
@@ -113,7 +112,7 @@ def nested(draw: st.DrawFn) -> tuple[object, int]:
 @given(nested())
 def test_nesting_is_refused_exactly_past_the_limit(value_and_depth):
     value, depth = value_and_depth
-    got = receive(started()[0], json.dumps({"event": "x", "value": value}))  # one level more
+    got = receive(started(), json.dumps({"event": "x", "value": value}))  # one level more
     if depth + 1 <= MAX_DEPTH:
         assert got == Unknown("x")
     else:
@@ -123,7 +122,7 @@ def test_nesting_is_refused_exactly_past_the_limit(value_and_depth):
 @FAST
 @given(json_values)
 def test_arbitrary_json(value):
-    for parser in (StreamParser(), started()[0]):
+    for parser in (StreamParser(), started()):
         receive(parser, json.dumps(value))
 
 
@@ -168,7 +167,7 @@ def corrupted(draw: st.DrawFn) -> str:
 @FAST
 @given(corrupted())
 def test_real_messages_with_one_field_corrupted(message):
-    for parser in (StreamParser(), started()[0]):
+    for parser in (StreamParser(), started()):
         receive(parser, message)
 
 

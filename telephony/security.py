@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -102,17 +103,36 @@ class StreamGrant:
 
 class StreamTokens:
     """One-time tokens: issued by the webhook per CallSid, redeemed once by that call's stream `start`,
-    forgotten after `ttl_s` (Twilio connects the stream within a second or two of fetching the TwiML)."""
+    forgotten after `ttl_s` (Twilio connects the stream within a second or two of fetching the TwiML).
 
-    def __init__(self, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl_s = ttl_s
+    A CallSid whose stream has started is remembered (for `remember_s`, at most `remember` of them), and the
+    webhook is refused for it from then on: a captured, correctly signed `/twiml` request replayed after the
+    call would otherwise open a second call under the victim's CallSid and number. The one way back in is
+    the hand-off's `<Dial>` report for a call this server handed off (`expect_return`), once.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        remember_s: float = 6 * 3600.0,
+        remember: int = 100_000,
+    ) -> None:
+        self.ttl_s, self.remember_s, self.remember = ttl_s, remember_s, remember
         self._clock = clock
         self._issued: dict[str, tuple[str, StreamGrant, float]] = {}  # call sid -> (token, grant, expiry)
+        self._streamed: OrderedDict[str, float] = OrderedDict()  # call sid -> when its stream started
+        self._returning: set[str] = set()  # handed off: may come back once through the <Dial> report
 
     def _expire(self) -> None:
         now = self._clock()
         for call_sid in [sid for sid, (_, _, expiry) in self._issued.items() if expiry <= now]:
             del self._issued[call_sid]
+        while self._streamed and (
+            len(self._streamed) > self.remember or next(iter(self._streamed.values())) <= now - self.remember_s
+        ):
+            self._returning.discard(self._streamed.popitem(last=False)[0])
 
     @property
     def pending(self) -> int:
@@ -120,9 +140,25 @@ class StreamTokens:
         self._expire()
         return len(self._issued)
 
-    def issue(self, call_sid: str, caller: str | None, *, no_answer: bool = False) -> str:
-        """A fresh token for `call_sid` (a retried webhook replaces the earlier one)."""
+    def streamed(self, call_sid: str) -> bool:
+        """Whether a stream of `call_sid` has started (and the webhook may not issue another)."""
         self._expire()
+        return call_sid in self._streamed
+
+    def expect_return(self, call_sid: str) -> None:
+        """The call was handed to a person: if nobody answers, its `<Dial>` report may bring it back once."""
+        self._returning.add(call_sid)
+
+    def issue(self, call_sid: str, caller: str | None, *, no_answer: bool = False) -> str | None:
+        """A fresh token for `call_sid` (a retried webhook replaces the earlier one), or None when the call has
+        streamed already: a replay. `no_answer`: the call comes back from a hand-off, allowed once."""
+        self._expire()
+        if no_answer:
+            if call_sid not in self._returning:
+                return None
+            self._returning.discard(call_sid)
+        elif call_sid in self._streamed:
+            return None
         token = secrets.token_urlsafe(24)
         grant = StreamGrant(call_sid, caller or None, no_answer)
         self._issued[call_sid] = (token, grant, self._clock() + self.ttl_s)
@@ -135,6 +171,8 @@ class StreamTokens:
         if issued is None or not hmac.compare_digest(issued[0].encode(), token.encode()):
             return None
         del self._issued[call_sid]
+        self._streamed[call_sid] = self._clock()
+        self._streamed.move_to_end(call_sid)
         return issued[1]
 
 

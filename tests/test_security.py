@@ -111,6 +111,28 @@ def test_a_retried_webhook_replaces_the_calls_token():
     assert tokens.redeem("CA1", new) is not None
 
 
+def test_a_call_that_has_streamed_gets_no_second_token_but_may_come_back_once_from_a_hand_off():
+    """A captured signed webhook replayed after the call must not open a second call under its CallSid."""
+    tokens = StreamTokens()
+    assert tokens.redeem("CA1", tokens.issue("CA1", "+15550100199")) is not None
+    assert tokens.streamed("CA1") and tokens.issue("CA1", "+15550100199") is None, "a replayed webhook"
+    assert tokens.issue("CA1", None, no_answer=True) is None, "not handed off: no way back in"
+    tokens.expect_return("CA1")
+    back = tokens.issue("CA1", None, no_answer=True)
+    assert back is not None and tokens.redeem("CA1", back).no_answer
+    assert tokens.issue("CA1", None, no_answer=True) is None, "the hand-off's report comes back once"
+
+
+def test_streamed_calls_are_remembered_for_a_bounded_time_and_number():
+    clock = Clock()
+    tokens = StreamTokens(clock=clock, remember_s=3600, remember=2)
+    for sid in ("CA1", "CA2", "CA3"):
+        tokens.redeem(sid, tokens.issue(sid, None))
+    assert not tokens.streamed("CA1") and tokens.streamed("CA2") and tokens.streamed("CA3")
+    clock.now += 3601
+    assert not tokens.streamed("CA3"), "forgotten after remember_s (the store still knows the call)"
+
+
 def test_exposure_rules(caplog):
     with caplog.at_level(logging.WARNING):
         check_exposure(ServerSettings(host="127.0.0.1"))

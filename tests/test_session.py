@@ -19,6 +19,7 @@ from voicebot.session import (
     CallerHungUp,
     Cancel,
     ClearAudio,
+    CommitProgress,
     CommitTurn,
     DtmfIn,
     Hangup,
@@ -279,6 +280,23 @@ def test_speech_in_the_first_second_of_the_reply_continues_the_turn(vad, utteran
     (respond,) = of(Respond, out)
     assert respond.text == "You charged me twice on my last bill. And I want a refund."
     assert not of(Transfer, d.actions) and not d.session.ended, "the withdrawn reply's hand-off never happens"
+
+
+def test_a_reply_is_recorded_as_it_is_heard_once_it_can_no_longer_be_taken_back(vad, utterance):
+    """A crash must lose at most the sentence in flight: each sentence heard is recorded, but not while speech
+    starting then would still continue the caller's turn (the reply would be withdrawn, and nothing of it kept)."""
+    d = Driver(vad)
+    d.silence(200)
+    turn = take_turn(d, utterance, "I want to make a complaint.")
+    marks = d.speak(turn.job, ["I'm sorry.", "I have opened ticket A C D.", "Someone will call you."], finish=False)
+    assert not of(CommitProgress, d.send(MarkEchoed(marks[0], d.t))), "inside the continuation window"
+    d.silence(1500)
+    assert of(CommitProgress, d.send(MarkEchoed(marks[1], d.t))) == [
+        CommitProgress(turn.job, "I'm sorry. I have opened ticket A C D.")
+    ]
+    d.speak(turn.job, [], finish=True)
+    out = d.send(MarkEchoed(marks[2], d.t))
+    assert not of(CommitProgress, out) and of(CommitTurn, out)[0].spoken_text.endswith("Someone will call you.")
 
 
 def test_speech_after_the_first_second_of_the_reply_is_a_barge_in(vad, utterance):

@@ -5,7 +5,12 @@ session, so the session sees one ordered stream and needs no locks. Jobs run in 
 CTranslate2, onnxruntime and llama.cpp release the GIL; a cancelled job is told to stop between sentences
 (and between LLM tokens) and its late results are dropped by the session. A job that raises is reported to the
 session (`JobFailed`, with the stage it was in), which has the caller hear an apology; a store that fails while
-a turn is recorded is logged, and the call goes on.
+a turn is recorded is logged, and the call goes on. Records are written behind the call (`RecordWriter`), so a
+slow or locked database never holds up its audio.
+
+The transport's events are bounded (`feed` waits while `MAX_QUEUED` are waiting, and gives up on a stream
+that floods for longer than `FLOOD_WAIT_S`), and the runner lets other calls run every few events, so one
+call's flood slows only that call.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +34,7 @@ from voicebot.session import (
     CallSession,
     Cancel,
     ClearAudio,
+    CommitProgress,
     CommitTurn,
     Event,
     Hangup,
@@ -51,6 +57,23 @@ from voicebot.session import (
 from voicebot.store import StoreError
 
 log = logging.getLogger(__name__)
+
+MAX_QUEUED = 250  # transport events waiting for the session: 5 s of audio frames
+FLOOD_WAIT_S = 2.0  # a stream that keeps the queue full this long is flooding: the call is dropped
+FAIR_EVERY = 8  # events handled in a row before other calls get the loop
+FLUSH_S = 5.0  # at the end of a call, how long to wait for its records to be written (else they stay spooled)
+
+
+class CallFlooded(RuntimeError):
+    """The transport sent events faster than the call could handle them, for longer than FLOOD_WAIT_S."""
+
+
+class CallObserver(Protocol):
+    """Told of each turn as it is committed (the server's metrics), so a long call counts while it is live."""
+
+    def turn_committed(self, route: Route, latency_ms: Mapping[str, float | None]) -> None: ...
+    def ticket_opened(self) -> None: ...
+    def handed_off(self, reason: HandoffReason) -> None: ...
 
 
 class Transport(Protocol):
@@ -85,10 +108,13 @@ class CallRunner:
         conversation: Conversation,
         transport: Transport,
         clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
     ) -> None:
         self.agent, self.session, self.conversation, self.transport = agent, session, conversation, transport
-        self.clock = clock
+        self.clock, self.observer = clock, observer
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._room = asyncio.Event()  # set while the queue has room for the transport's events
+        self._room.set()
         self._jobs: dict[int, _Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.end_reason: str | None = None
@@ -105,22 +131,43 @@ class CallRunner:
         return not self._queue.empty() or self.working
 
     def push(self, event: Event) -> None:
-        """Queue an event (from the event loop's thread)."""
+        """Queue an event (from the event loop's thread) whatever the queue holds: the call's own events."""
+        self._queue.put_nowait(event)
+
+    async def feed(self, event: Event) -> None:
+        """Queue an event from the transport, waiting while the queue is full; raises CallFlooded when it stays
+        full for FLOOD_WAIT_S (the other end sends faster than real time and will not stop)."""
+        if self._queue.qsize() >= MAX_QUEUED:
+            self._room.clear()
+            try:
+                async with asyncio.timeout(FLOOD_WAIT_S):
+                    await self._room.wait()
+            except TimeoutError:
+                raise CallFlooded(f"more than {MAX_QUEUED} events waiting for {FLOOD_WAIT_S:g} s") from None
         self._queue.put_nowait(event)
 
     async def run(self) -> str:
-        """Process events until the session ends; returns why it ended."""
+        """Process events until the session ends; returns why it ended, once the call's records are written
+        (or spooled: a store that is down keeps them for later)."""
         self._loop = asyncio.get_running_loop()
+        handled = 0
         try:
             while not self.session.ended:
                 event = await self._queue.get()
+                if self._queue.qsize() < MAX_QUEUED // 2:
+                    self._room.set()
                 for action in self.session.handle(event):
                     await self._execute(action)
+                handled += 1
+                if handled % FAIR_EVERY == 0:
+                    await asyncio.sleep(0)  # a queue that is never empty must not keep other calls waiting
         finally:
             for job in self._jobs.values():
                 job.cancelled.set()
             self._store_safely("close the call's record", self.conversation.end)
             self.done.set()
+        if not await asyncio.to_thread(self.agent.records.flush, FLUSH_S):
+            log.warning("call %s: its records are not written yet; they are kept for later", self.conversation.call_id)
         return self.end_reason or "ended"
 
     async def idle(self) -> None:
@@ -158,10 +205,14 @@ class CallRunner:
                 self._withdraw(action.job)
             case CommitTurn():
                 self._commit(action)
+            case CommitProgress():
+                self._progress(action)
             case RecordTurn():
                 self._record(action)
             case Transfer():
                 accepted = await self.transport.transfer(action.reason)
+                if accepted and self.observer is not None:
+                    self.observer.handed_off(action.reason)
                 self.push(TransferDone(accepted, self.clock()))
             case Hangup():
                 await self.transport.hangup()
@@ -266,9 +317,27 @@ class CallRunner:
                     reply, action.spoken_text, interrupted=action.interrupted, latency_ms=action.latency_ms
                 ),
             )
+            self._observe(reply, action)
             if job.reply.kind is ReplyKind.TURN and not self.session.ended:
                 # While the reply plays, put this turn into the LLM's cache: the next LLM answer starts sooner.
                 asyncio.get_running_loop().run_in_executor(None, self._prefill)
+
+    def _observe(self, reply: Reply, action: CommitTurn) -> None:
+        if self.observer is None or reply.kind is not ReplyKind.TURN:
+            return
+        self.observer.turn_committed(reply.route, {**reply.timings(), **action.latency_ms})
+        if reply.opened_ticket:
+            self.observer.ticket_opened()
+
+    def _progress(self, action: CommitProgress) -> None:
+        """Record the reply as far as it has been heard, so a crash loses at most the sentence in flight (a
+        ticket's id, once read out, is in the record); the turn's `CommitTurn` replaces it."""
+        job = self._jobs.get(action.job)
+        if job is not None and job.reply is not None and job.reply.kind is ReplyKind.TURN:
+            reply = job.reply
+            self._store_safely(
+                "record a turn so far", lambda: self.conversation.record_progress(reply, action.spoken_text)
+            )
 
     def _prefill(self) -> None:
         """Warm the LLM's cache with the call so far; a failure here costs the next LLM turn time, nothing else."""
@@ -286,6 +355,8 @@ class CallRunner:
             "record a turn",
             lambda: self.conversation.record_line(action.route, action.caller_text, action.spoken_text, stage),
         )
+        if self.observer is not None:
+            self.observer.turn_committed(action.route, {})
         if job is not None:
             job.cancelled.set()
             self._forget_unheard_ticket(job, action.spoken_text)

@@ -397,6 +397,11 @@ class Conversation:
         self.offer = prompts.offer_in(spoken_text)
         self._save_turn(caller_text, route, None, spoken_text, False, {}, failed_stage)
 
+    def record_progress(self, reply: Reply, spoken_text: str) -> None:
+        """Record `reply` as far as the caller has heard it, under the number its turn will have (`commit`
+        replaces it), marked interrupted until then: after a crash the record shows what was said."""
+        self._save_turn(reply.caller_text, reply.route, reply.faq_id, spoken_text, True, reply.timings(), final=False)
+
     def _save_turn(
         self,
         caller_text: str,
@@ -406,12 +411,16 @@ class Conversation:
         interrupted: bool,
         latency: dict[str, float | None],
         failed_stage: Stage | None = None,
+        *,
+        final: bool = True,
     ) -> None:
-        """The turn's record, numbered after the call's last (a reopened call goes on counting)."""
+        """The turn's record, numbered after the call's last (a reopened call goes on counting); `final` False
+        keeps the number for the turn's final record."""
         record = TurnRecord(
             self._turns, caller_text, route, faq_id, spoken_text, interrupted, self.state, latency, failed_stage
         )
-        self._turns += 1
+        if final:
+            self._turns += 1
         self.engine.store.record_turn(self.call_id, record)
 
     def forget_unheard(self, reply: Reply, spoken_text: str) -> None:

@@ -273,6 +273,15 @@ class CommitTurn:
 
 
 @dataclass(frozen=True)
+class CommitProgress:
+    """Record the reply of `job` as heard so far (`spoken_text`, the sentences whose marks came back): a crash
+    then loses at most the sentence in flight. The turn's `CommitTurn` replaces it."""
+
+    job: int
+    spoken_text: str
+
+
+@dataclass(frozen=True)
 class RecordTurn:
     """Record a turn the session answered itself with a `Line`: a failure (`failed_stage`: the stage, or None for
     the one the reply's job was in when it ran out of time) or a call ended for no input. `job`, if any, is the
@@ -314,6 +323,7 @@ Action = (
     | Cancel
     | Withdraw
     | CommitTurn
+    | CommitProgress
     | RecordTurn
     | Transfer
     | Hangup
@@ -1023,7 +1033,19 @@ class CallSession:
         bot.echoed.add(event.name)
         if bot.finished is None and all(mark in bot.echoed for _, mark in bot.sentences):
             bot.drained_ms = self._media_ms  # the caller has heard all there is: the rest is late from here on
-        return self._complete_if_played()
+        return self._complete_if_played() or self._progress(bot)
+
+    def _progress(self, bot: _BotUtterance) -> list[Action]:
+        """Record a turn's reply as far as it has been heard, once it can no longer be taken back (speech
+        starting now would be a new turn, and any that started in the continuation window has been noticed)."""
+        if bot.kind is not ReplyKind.TURN or bot.started_media_ms is None:
+            return []
+        if self._caller is not None and self._caller.continues is not None:
+            return []
+        heard_ms = self._media_ms - bot.started_media_ms
+        if heard_ms < self.options.continuation_ms + self.options.barge_in_ms:
+            return []
+        return [CommitProgress(bot.job, bot.played_text())]
 
     def _complete_if_played(self) -> list[Action]:
         bot = self._bot

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
+from fake_twilio import FakeTwilio
+from server_harness import AC, AUTH
 
 from voicebot.config import Settings, load_settings
 
@@ -49,4 +52,25 @@ def agent(settings, tmp_path_factory):
     """The whole voice agent on the sample KB, warmed, with its own store: replays and CallRunner tests share it."""
     from voicebot.agent import build_agent
 
-    return build_agent(settings, store_url=str(tmp_path_factory.mktemp("voice") / "calls.db"))
+    agent = build_agent(settings, store_url=str(tmp_path_factory.mktemp("voice") / "calls.db"))
+    yield agent
+    agent.close()
+
+
+@pytest.fixture(scope="session")
+def patient_agent(settings, agent):
+    """The session's agent with deadlines no slow machine misses, for calls in real time that assert their routes
+    (a slow CI machine must not turn an LLM answer into an apology). The deadlines themselves are tested on the
+    media clock (test_session_failures) and with engines that hang (test_call_runner)."""
+    from voicebot.agent import VoiceAgent
+
+    late = 20_000
+    voice = dataclasses.replace(settings.voice, stt_deadline_ms=late, reply_deadline_ms=late, reply_stall_ms=late)
+    return VoiceAgent.sharing(agent, dataclasses.replace(settings, voice=voice))
+
+
+@pytest.fixture
+def fake_twilio():
+    """A local fake of Twilio's Calls API, which the real twilio client talks to."""
+    with FakeTwilio(AC, AUTH) as fake:
+        yield fake

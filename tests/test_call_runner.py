@@ -22,7 +22,7 @@ from voicebot.kb import Company
 from voicebot.prompts import line_texts
 from voicebot.replay import ReplayResult, phone_audio, replay_call
 from voicebot.routes import Line
-from voicebot.store import StoreError
+from voicebot.store import StoreError, speak_ticket_id
 from voicebot.tts import split_sentences
 
 CALLS = Path(__file__).resolve().parents[1] / "samples" / "calls"
@@ -131,7 +131,6 @@ FAULTS = {
     "stt-slow": ("returns_question", "transcriber", "transcribe", "slow", (Line.ONE_MOMENT, Line.NOT_HEARD), "stt"),
     "tts-down": ("returns_question", "speech", "sentence", "raises", (Line.HELLO, Line.SORRY), "tts"),
     "tts-hangs": ("complaint", "speech.synthesizer", "synthesize", "hangs", (Line.SORRY,), "tts"),
-    "store-ticket": ("complaint", "dialog.store", "create_ticket", "store", (Line.SORRY,), "store"),
 }
 
 
@@ -145,7 +144,6 @@ def test_a_failing_engine_is_heard_as_an_apology_and_the_next_call_is_served(
         target = getattr(target, name)
     stand_in = {
         "raises": raising(RuntimeError(f"{engine} crashed")),
-        "store": raising(StoreError("store calls.db: database is locked")),
         "hangs": hanging(),
         "slow": slowed(getattr(target, method), 4.0),
     }[how]
@@ -184,14 +182,46 @@ def test_tts_failing_on_the_ticket_line_withdraws_the_ticket_it_could_not_speak(
     assert only_turn(result)["route"] == "ticket" and len(result.record["tickets"]) == 1
 
 
-def test_a_store_that_cannot_record_turns_leaves_the_call_going(agent, returns_question, monkeypatch):
-    monkeypatch.setattr(agent.dialog.store, "record_turn", raising(StoreError("store calls.db: disk is full")))
+STORE_WRITES = ("start_call", "record_turn", "record_greeting", "end_call", "create_ticket", "withdraw_ticket")
+
+
+def store_down(agent, monkeypatch) -> None:
+    """Every write to the database fails, as with another process holding its lock or a full disk."""
+    for method in STORE_WRITES:
+        monkeypatch.setattr(agent.store, method, raising(StoreError("store calls.db: database is locked")))
+
+
+def written_back(agent, call_id: str) -> dict:
+    """The call's record once the spool has been written to the store (the writer retries every few seconds)."""
+    deadline = time.monotonic() + 30
+    while agent.records.spooled and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert agent.records.flush(10) and agent.records.spooled == 0, "the spool was never written back"
+    return agent.store.get_call(call_id)
+
+
+def test_a_store_that_cannot_record_leaves_the_call_going_and_loses_nothing(agent, returns_question, monkeypatch):
+    store_down(agent, monkeypatch)
     result = replay(agent, returns_question)
     monkeypatch.undo()
     assert result.end_reason == "caller hung up", "the caller, not an exception, ended the call"
     assert not heard(result, agent, Line.SORRY), "the answer itself was played"
-    assert result.record["turns"] == [] and result.record["ended_at"]
+    assert result.record == {}, "nothing reached the store while it was down"
+    record = written_back(agent, result.call_id)
+    assert [t["route"] for t in record["turns"]] == ["faq"] and record["ended_at"]
     serves_normally(agent, returns_question)
+
+
+def test_a_ticket_opened_while_the_store_is_down_is_read_out_and_stored_once_it_is_back(agent, complaint, monkeypatch):
+    store_down(agent, monkeypatch)
+    result = replay(agent, complaint)
+    monkeypatch.undo()
+    assert not heard(result, agent, Line.SORRY), "a store outage is no reason to apologise: the ticket is spooled"
+    record = written_back(agent, result.call_id)
+    (turn,) = record["turns"]
+    (ticket_id,) = record["tickets"]
+    assert turn["route"] == "ticket" and speak_ticket_id(ticket_id) in turn["reply_text"], "the id the caller heard"
+    assert agent.store.get_ticket(ticket_id).call_id == result.call_id
 
 
 def test_the_lines_are_the_companys():

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from sample_calls import CALLS_DIR, check_record, expectations
 
-from voicebot.agent import build_agent
 from voicebot.audio import Resampler
 from voicebot.mic import AudioDeviceError, DuplexBridge, open_local_call, open_sound_device
 from voicebot.replay import phone_audio
@@ -18,11 +17,6 @@ from voicebot.session import CallerHungUp
 
 DEVICE_RATE = 48_000
 BLOCK = DEVICE_RATE // 50  # 20 ms, as the sound card's callback would deliver
-
-
-@pytest.fixture(scope="module")
-def agent(settings, tmp_path_factory):
-    return build_agent(settings, store_url=str(tmp_path_factory.mktemp("mic") / "calls.db"))
 
 
 async def talk_from_file(agent, wav, *, speed: float) -> tuple[dict, np.ndarray]:
@@ -42,7 +36,7 @@ async def talk_from_file(agent, wav, *, speed: float) -> tuple[dict, np.ndarray]
     if not runner.session.ended:
         runner.push(CallerHungUp(0.0))
     await running
-    return agent.dialog.store.get_call(runner.conversation.call_id), np.concatenate(speaker)
+    return agent.store.get_call(runner.conversation.call_id), np.concatenate(speaker)
 
 
 def test_a_question_through_the_microphone_path_is_answered_and_spoken(agent):

@@ -17,6 +17,7 @@ import numpy as np
 from voicebot.config import Settings
 from voicebot.dialog import Conversation, DialogEngine
 from voicebot.prompts import line_texts
+from voicebot.record_writer import RecordWriter
 from voicebot.session import CallSession, SessionOptions
 from voicebot.stt import WhisperTranscriber, load_transcriber
 from voicebot.tts import load_synthesizer
@@ -49,7 +50,9 @@ class VoiceAgent:
         transcriber: WhisperTranscriber,
         speech: PhoneSpeech,
         vad: SileroVad,
+        records: RecordWriter,
     ) -> None:
+        """`records` is the dialog's recorder, in front of the store (`records.store`, for reading back)."""
         self.settings, self.dialog, self.transcriber, self.speech, self.vad = (
             settings,
             dialog,
@@ -57,6 +60,7 @@ class VoiceAgent:
             speech,
             vad,
         )
+        self.records, self.store = records, records.store
         voice = settings.voice
         self.session_options = SessionOptions(
             barge_in_ms=voice.barge_in_ms,
@@ -81,7 +85,7 @@ class VoiceAgent:
         self.lines = {line: speech.sentence(text)[0] for line, text in self.line_texts.items()}
 
     @classmethod
-    def load(cls, settings: Settings, dialog: DialogEngine) -> VoiceAgent:
+    def load(cls, settings: Settings, dialog: DialogEngine, records: RecordWriter) -> VoiceAgent:
         """Load STT, TTS and VAD next to an already built dialog engine."""
         vocabulary = kb_vocabulary(dialog.index.entries, dialog.company.name) if settings.voice.stt_vocabulary else None
         return cls(
@@ -90,7 +94,20 @@ class VoiceAgent:
             load_transcriber(settings.models, settings.voice, vocabulary=vocabulary),
             PhoneSpeech(load_synthesizer(settings.models)),
             load_vad(settings.models),
+            records,
         )
+
+    @classmethod
+    def sharing(cls, agent: VoiceAgent, settings: Settings) -> VoiceAgent:
+        """Another agent on `agent`'s loaded models, dialog and store, with other voice settings (deadlines,
+        turn-taking): no model is loaded twice."""
+        return cls(settings, agent.dialog, agent.transcriber, agent.speech, agent.vad, agent.records)
+
+    def close(self) -> None:
+        """Write what is still queued for the store (or leave it in the spool) and release the store."""
+        if not self.records.close():
+            log.error("call records not yet written are kept in %s for the next start", self.records.where)
+        self.store.close()
 
     def warm_up(self, *, kb_answers: bool = True) -> float:
         """Run each model once and pre-synthesize the fixed prompts (and KB answers) at phone rate.
@@ -132,11 +149,12 @@ def build_agent(
     from voicebot.kb import SAMPLE_KB
     from voicebot.store import open_store
 
-    store = open_store(store_url or settings.store.url)
+    store = open_store(store_url or settings.store.url, redact_digits=settings.store.redact_digits)
+    records = RecordWriter(store, store.spool_path)  # a spool an earlier process left is written back first
     dialog = DialogEngine.load(
-        settings, kb_path=kb_path or settings.dialog.kb_path or SAMPLE_KB, store=store, progress=progress
+        settings, kb_path=kb_path or settings.dialog.kb_path or SAMPLE_KB, store=records, progress=progress
     )
-    agent = VoiceAgent.load(settings, dialog)
+    agent = VoiceAgent.load(settings, dialog, records)
     if warm:
         agent.warm_up()
     return agent

@@ -449,7 +449,7 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
     kb_path = args.kb or settings.dialog.kb_path or SAMPLE_KB
     load_kb(kb_path)  # a broken file fails in milliseconds, before the models take seconds to load
     prompt = "you> " if sys.stdin.isatty() else ""
-    with open_store(args.db or settings.store.url) as store:
+    with open_store(args.db or settings.store.url, redact_digits=settings.store.redact_digits) as store:
         engine = DialogEngine.load(settings, kb_path=kb_path, store=store)
         engine.warm_up()
         conversation = engine.conversation(new_call_id("chat"), args.caller, "chat")

@@ -147,7 +147,7 @@ async def talk(agent: VoiceAgent, device: tuple[int, Callable]) -> dict:
 
     with make_stream(callback):
         await runner.run()  # Ctrl-C cancels it; the call is still closed and recorded
-    return agent.dialog.store.get_call(runner.conversation.call_id) or {}
+    return agent.store.get_call(runner.conversation.call_id) or {}
 
 
 def open_local_call(agent: VoiceAgent, bridge: DuplexBridge) -> CallRunner:

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
+from voicebot.redaction import redact_digits
 from voicebot.routes import DialogState, Route, Stage
 from voicebot.spool import Spool, SpoolError
 from voicebot.store import Store, StoreError, Ticket, TicketIdConflict, TurnRecord, new_ticket_id, utc_now
@@ -347,6 +348,10 @@ class RecordWriter:
         return 0
 
     def record_turn(self, call_id: str, turn: TurnRecord) -> None:
+        # Redacted here already, as the store would: the spool must not keep what the store never would.
+        turn = dataclasses.replace(
+            turn, caller_text=self._redact(turn.caller_text), reply_text=self._redact(turn.reply_text)
+        )
         with self._lock:
             self._enqueue(_RecordTurn(-1, call_id, turn, self._streams.get(call_id)))
 
@@ -362,12 +367,15 @@ class RecordWriter:
         with self._lock:
             self._enqueue(_WithdrawTicket(-1, ticket_id))
 
+    def _redact(self, text: str) -> str:
+        return redact_digits(text, self.store.redact_digits)
+
     def create_ticket(self, call_id: str, caller: str | None, category: str, summary: str) -> Ticket:
         """Open a ticket, in order after the call's other writes. From a worker thread, never the event loop: it
         waits up to `ticket_wait_s` for the store, then keeps the ticket in the spool (fsync'd) under an id of
         its own. Raises StoreError only when neither the store nor the spool can take it."""
         deadline = time.monotonic() + self.ticket_wait_s
-        op = _CreateTicket(-1, call_id, caller, category, summary)
+        op = _CreateTicket(-1, call_id, caller, category, self._redact(summary))
         with self._lock:
             self._enqueue(op, deadline)
         if not op.settled.wait(max(0.0, deadline - time.monotonic())):

@@ -157,7 +157,7 @@ async def replay_call(
         runner.push(CallerHungUp(time.monotonic()))
     end_reason = await running
     heard_audio = np.concatenate(heard) if heard else np.zeros(0, np.int16)
-    record = agent.dialog.store.get_call(call_id) or {}
+    record = agent.store.get_call(call_id) or {}
     return ReplayResult(
         call_id,
         heard_audio,

@@ -104,6 +104,8 @@ class Ticket:
 class Store(ABC):
     """Where calls, turns and tickets live. Safe to use from several threads at once."""
 
+    redact_digits = 0  # runs of this many digits in caller and reply text are stored redacted (0: as heard)
+
     @abstractmethod
     def start_call(self, call_id: str, caller: str | None, channel: str) -> int:
         """Open a call record owned by this process; returns how many turns it already has. Starting an id again
@@ -171,6 +173,11 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the database."""
+
+    @property
+    def spool_path(self) -> Path | None:
+        """Where writes this store refuses wait for it (`RecordWriter`): None keeps them in memory only."""
+        return None
 
     def __enter__(self) -> Self:
         return self
@@ -426,6 +433,11 @@ class SqliteStore(Store):
     def where(self) -> str:
         """The database file as error messages name it."""
         return str(self.path) if self.path is not None else ":memory:"
+
+    @property
+    def spool_path(self) -> Path | None:
+        """Beside the database file (`calls.db.spool`): on the same disk, owned by the same user."""
+        return None if self.path is None else self.path.with_name(self.path.name + ".spool")
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:

@@ -14,13 +14,16 @@ it. The stream must pass the upgrade signature and bring back its token before a
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
 import signal
 import time
+from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,9 +33,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from telephony.call_control import CallControl, CallControlError
-from telephony.metrics import CONTENT_TYPE, ServerMetrics
+from telephony.log_limit import LogBudget, clip
+from telephony.metrics import AuthCheck, Refusal, ServerFault, ServerMetrics, StreamEnd
 from telephony.protocol import (
+    MAX_MESSAGE_CHARS,
     Dtmf,
+    ErrorKind,
     Mark,
     Media,
     ProtocolError,
@@ -58,10 +64,10 @@ from telephony.security import (
 from telephony.twiml import busy_response, connect_stream, hang_up
 from voicebot.agent import VoiceAgent
 from voicebot.audio import ulaw_decode, ulaw_encode
-from voicebot.call_runner import CallRunner
+from voicebot.call_runner import CallFlooded, CallRunner
 from voicebot.config import ConfigError, Settings
 from voicebot.session import AudioIn, CallerHungUp, CallStarted, DtmfIn, MarkEchoed
-from voicebot.store import mask_number
+from voicebot.store import StoreError, mask_number
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,10 @@ BYTES_PER_MS = 8  # mu-law 8 kHz: one byte per sample
 CHUNK_MS = 40  # outbound audio goes out in 40 ms chunks (20-60 ms: see _chunks)
 LEAD_MS = 100  # send while less than this is buffered ahead of playback: the lead stays under 100 + 60 ms
 START_TIMEOUT_S = 10.0  # a media socket must send `start` this soon after opening
+
+MAX_WEBHOOK_BYTES = 2**16  # Twilio's webhook forms are well under 4 KiB
+STORE_READ_S = 1.0  # the webhook's look-up of earlier streams gives up after this: callers are not kept waiting
+CLOSE_GRACE_S = 5.0  # at shutdown, for sockets to close and records to be written
 SIGNATURE_HEADER = "X-Twilio-Signature"
 ULAW_SILENCE = b"\xff"
 
@@ -108,10 +118,13 @@ class StreamTransport:
         human_number: str,
         metrics: ServerMetrics,
         dial_url: str = "",
+        on_handed_off: Callable[[str], None] | None = None,
     ) -> None:
-        """`dial_url`: where Twilio reports how a hand-off's `<Dial>` ended (`DIAL_PATH`)."""
+        """`dial_url`: where Twilio reports how a hand-off's `<Dial>` ended (`DIAL_PATH`); `on_handed_off` is told
+        the CallSid once Twilio has taken the hand-off, so that report may bring the call back."""
         self.ws, self.stream_sid, self.call_sid = ws, stream_sid, call_sid
         self.control, self.human_number, self.metrics, self.dial_url = control, human_number, metrics, dial_url
+        self.on_handed_off = on_handed_off
         self._queue: deque[bytes | str] = deque()  # mu-law chunks and mark names
         self._wake = asyncio.Event()
         self._started = time.monotonic()
@@ -162,6 +175,8 @@ class StreamTransport:
 
     async def transfer(self, reason: str) -> bool:
         log.info("call %s: handing off to a person (%s)", self.call_sid, reason)
+        if self.on_handed_off is not None:  # before the request: Twilio may report on the <Dial> before it returns
+            self.on_handed_off(self.call_sid)
         return await self._control(self.control.transfer(self.call_sid, self.human_number, self.dial_url))
 
     async def hangup(self) -> None:
@@ -173,7 +188,7 @@ class StreamTransport:
         try:
             await request
         except CallControlError as exc:
-            self.metrics.errors.inc(kind="call_control")
+            self.metrics.error(ServerFault.CALL_CONTROL)
             log.error("%s", exc)
             return False
         return True
@@ -229,6 +244,12 @@ def _bind_error(setting: str, host: str, port: int) -> Iterator[None]:
         ) from exc
 
 
+def _source(connection: ServerConnection) -> str:
+    """The peer's address, the unit the per-source socket limit counts."""
+    address = connection.remote_address
+    return str(address[0]) if address else "?"
+
+
 class VoiceServer:
     """The webhook, status, health and metrics endpoints and the media socket, sharing one loaded agent."""
 
@@ -236,49 +257,56 @@ class VoiceServer:
         self.settings, self.agent = settings, agent
         self.server = settings.server
         self.control = CallControl.from_settings(self.server)
-        self.metrics = ServerMetrics()
-        self.tokens = StreamTokens()
+        self.metrics = ServerMetrics(calls_active=lambda: len(self._calls))
+        self.tokens = StreamTokens(ttl_s=self.server.stream_token_ttl_s)
         self.urls = PublicUrls.from_settings(self.server)
         self.signatures = SignatureChecker(self.server.twilio_auth_token, self.urls)
         self.http_port = self.media_port = 0
+        self.metrics_port: int | None = None  # where /metrics and /healthz listen when on their own port
         self._calls: dict[str, _LiveCall] = {}
+        self._unauthenticated: collections.Counter[str] = collections.Counter()  # sockets before `start`, by source
         self._draining = False
+        self._changed = asyncio.Event()  # a call started or ended: the shutdown looks again
+        self._force = asyncio.Event()  # a second signal: stop waiting for live calls
+        self._refusals = LogBudget()  # refused upgrades: logged, but never a line per attacker's request
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="store-read")  # never the loop's thread
         # Checked once at start-up: a hand-off with nowhere to go would say "I'll put you through" and drop the
         # caller. Without one, callers who ask for a person hear that nobody can be reached and get a ticket.
         self.no_hand_off = self.control.cannot_transfer(self.server.human_number)
         if self.no_hand_off:
             log.warning("hand-off to a person is off: %s; callers who ask for one get a ticket", self.no_hand_off)
         self._http: web.AppRunner | None = None
+        self._internal: web.AppRunner | None = None
         self._media: Server | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Listen on both ports (port 0 picks a free one; the bound ports are in http_port/media_port)."""
-        app = web.Application()
-        app.add_routes(
-            [
-                web.post(TWIML_PATH, self._twiml),
-                web.get(TWIML_PATH, self._twiml),
-                web.post(STATUS_PATH, self._stream_status),
-                web.post(DIAL_PATH, self._dial_result),
-                web.get("/healthz", self._healthz),
-                web.get("/metrics", self._metrics),
-            ]
-        )
-        self._http = web.AppRunner(app, access_log=None)
-        await self._http.setup()
-        with _bind_error("server.port", self.server.host, self.server.port):
-            await web.TCPSite(self._http, self.server.host, self.server.port).start()
+        """Listen on both ports (port 0 picks a free one; the bound ports are in http_port/media_port), and on
+        server.metrics_port for /metrics and /healthz when that is set."""
+        internal = [web.get("/healthz", self._healthz), web.get("/metrics", self._metrics)]
+        public = [
+            web.post(TWIML_PATH, self._twiml),
+            web.get(TWIML_PATH, self._twiml),
+            web.post(STATUS_PATH, self._stream_status),
+            web.post(DIAL_PATH, self._dial_result),
+        ]
+        separate = self.server.metrics_port is not None
+        self._http = await self._site(public if separate else public + internal, "server.port", self.server.port)
         self.http_port = self._http.addresses[0][1]
+        if separate:
+            port = self.server.metrics_port or 0
+            self._internal = await self._site(internal, "server.metrics_port", port, self.server.metrics_host)
+            self.metrics_port = self._internal.addresses[0][1]
         with _bind_error("server.media_port", self.server.host, self.server.media_port):
             self._media = await serve(
                 self._media_socket,
                 self.server.host,
                 self.server.media_port,
-                process_request=self._check_path,
+                process_request=self._check_upgrade,
                 compression=None,
-                max_size=2**16,
+                max_size=MAX_MESSAGE_CHARS,
+                max_queue=16,  # frames buffered per socket before the reader is made to wait
             )
         self.media_port = self._media.sockets[0].getsockname()[1]
         if not self.server.public_url:  # local URLs name the ports actually bound
@@ -286,11 +314,14 @@ class VoiceServer:
             self.urls = PublicUrls.from_settings(bound)
             self.signatures = SignatureChecker(self.server.twilio_auth_token, self.urls)
         log.info(
-            "listening: http://%s:%d (%s, %s, /healthz, /metrics), media ws://%s:%d%s; Twilio uses %s and %s",
+            "listening: http://%s:%d (%s, %s, %s), media ws://%s:%d%s; Twilio uses %s and %s",
             self.server.host,
             self.http_port,
             TWIML_PATH,
             STATUS_PATH,
+            f"/healthz and /metrics on {self.server.metrics_host}:{self.metrics_port}"
+            if separate
+            else "/healthz, /metrics",
             self.server.host,
             self.media_port,
             MEDIA_PATH,
@@ -298,29 +329,61 @@ class VoiceServer:
             self.urls.stream_url,
         )
 
+    async def _site(self, routes: list, setting: str, port: int, host: str | None = None) -> web.AppRunner:
+        app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
+        app.add_routes(routes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host = host or self.server.host
+        with _bind_error(setting, host, port):
+            await web.TCPSite(runner, host, port).start()
+        return runner
+
     @property
     def calls_active(self) -> int:
         return len(self._calls)
 
+    def force(self) -> None:
+        """Stop waiting for live calls (a second SIGTERM): they are ended, their records flushed, and the
+        server stops."""
+        self._force.set()
+
     async def shutdown(self, timeout_s: float | None = None) -> None:
-        """Stop taking calls, let live ones finish for up to `timeout_s`, then end the rest and close."""
+        """Stop taking calls; let live ones, and streams for TwiML already issued, go on for up to `timeout_s`
+        (or until `force`), then end the rest, flush the records and close."""
         timeout_s = self.server.shutdown_timeout_s if timeout_s is None else timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         self._draining = True
-        if self._media is not None:
-            self._media.close(close_connections=False)
-        live = [call.done.wait() for call in self._calls.values()]
-        if live:
-            log.info("shutting down: waiting up to %.0f s for %d live call(s)", timeout_s, len(live))
-            _, pending = await asyncio.wait([asyncio.ensure_future(w) for w in live], timeout=timeout_s)
-            for waiter in pending:
+        if self._calls or self.tokens.pending:
+            log.info(
+                "shutting down: up to %.0f s for %d live call(s) and %d on their way",
+                timeout_s,
+                self.calls_active,
+                self.tokens.pending,
+            )
+        while (self._calls or self.tokens.pending) and not self._force.is_set() and loop.time() < deadline:
+            self._changed.clear()
+            waiters = {asyncio.ensure_future(self._changed.wait()), asyncio.ensure_future(self._force.wait())}
+            # Tokens expire without an event: look again at least every quarter second.
+            await asyncio.wait(waiters, timeout=min(deadline - loop.time(), 0.25), return_when=FIRST_COMPLETED)
+            for waiter in waiters:
                 waiter.cancel()
         for call_sid, call in list(self._calls.items()):
             log.warning("call %s: still live at shutdown, ending it", call_sid)
+            self.metrics.call_ended(StreamEnd.SHUTDOWN)
             call.runner.push(CallerHungUp(time.monotonic()))
         if self._media is not None:
-            await self._media.wait_closed()
-        if self._http is not None:
-            await self._http.cleanup()
+            self._media.close(close_connections=True)  # sockets still waiting for `start` go too
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await self._media.wait_closed()
+        for runner in (self._http, self._internal):
+            if runner is not None:
+                await runner.cleanup()
+        if not await asyncio.to_thread(self.agent.records.flush, CLOSE_GRACE_S):
+            log.error("shutdown: call records not yet written are kept in the spool, for the next start")
+        self._readers.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")
 
     # ------------------------------------------------------------ HTTP
@@ -328,56 +391,82 @@ class VoiceServer:
     async def _twiml(self, request: web.Request) -> web.Response:
         params = await request.post() if request.method == "POST" else {}
         if not self.signatures.webhook_ok(request.raw_path, params, request.headers.get(SIGNATURE_HEADER)):
-            return self._forbidden("webhook_signature", request)
+            return self._forbidden(AuthCheck.WEBHOOK_SIGNATURE, request)
         values = params or request.query
         call_sid = values.get("CallSid")
         if not call_sid:
             raise web.HTTPBadRequest(text="CallSid is missing: this URL is Twilio's voice webhook for incoming calls")
         if self._draining or self.calls_active + self.tokens.pending >= self.server.max_calls:
-            reason = "shutting_down" if self._draining else "capacity"
-            self.metrics.calls_refused.inc(reason=reason)
-            log.warning("call %s refused (%s, %d live calls)", call_sid, reason, self.calls_active)
+            reason = Refusal.SHUTTING_DOWN if self._draining else Refusal.CAPACITY
+            self.metrics.refused(reason)
+            log.warning("call %s refused (%s, %d live calls)", clip(call_sid), reason, self.calls_active)
             twiml = busy_response(self.agent.dialog.company.name, self.server.human_number or None)
             return web.Response(text=twiml, content_type="text/xml")
-        token = self.tokens.issue(call_sid, values.get("From"))
+        token = None if await self._has_streamed(call_sid) else self.tokens.issue(call_sid, values.get("From"))
+        if token is None:
+            return self._forbidden(
+                AuthCheck.WEBHOOK_REPLAY, request, f"call {clip(call_sid)} has already been answered"
+            )
         log.info("call %s from %s: answering with the media stream", call_sid, mask_number(values.get("From")))
         twiml = connect_stream(self.urls.stream_url, self.urls.status_url, token)
         return web.Response(text=twiml, content_type="text/xml")
+
+    async def _has_streamed(self, call_sid: str) -> bool:
+        """A stream of this call has started, here or (by its record) in an earlier run of the server."""
+        if self.tokens.streamed(call_sid):
+            return True
+        try:
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(STORE_READ_S):
+                return await loop.run_in_executor(
+                    self._readers, lambda: self.agent.store.get_call(call_sid) is not None
+                )
+        except (StoreError, TimeoutError) as exc:  # an outage must not turn callers away: the memory check stands
+            self.metrics.error(ServerFault.STORE)
+            log.warning("call %s: cannot look up earlier streams (%s)", clip(call_sid), clip(exc, 200))
+            return False
 
     async def _dial_result(self, request: web.Request) -> web.Response:
         """Twilio's report on a hand-off's `<Dial>`: a call a person answered is over; one nobody answered (busy,
         no answer, failed) comes back to the bot, which says so and offers a ticket, instead of dropping."""
         params = await request.post()
         if not self.signatures.webhook_ok(request.raw_path, params, request.headers.get(SIGNATURE_HEADER)):
-            return self._forbidden("dial_signature", request)
+            return self._forbidden(AuthCheck.DIAL_SIGNATURE, request)
         call_sid, status = params.get("CallSid"), params.get("DialCallStatus", "")
         if not call_sid:
             raise web.HTTPBadRequest(text="CallSid is missing: this URL is the action of voicebot's hand-off <Dial>")
         if status in ("completed", "answered"):
-            log.info("call %s: the person's call ended (%s)", call_sid, status)
+            log.info("call %s: the person's call ended (%s)", call_sid, clip(status))
             return web.Response(text=hang_up(), content_type="text/xml")
-        self.metrics.errors.inc(kind="handoff_unanswered")
-        log.warning("call %s: nobody took the hand-off (%s); the bot takes the call back", call_sid, status)
         token = self.tokens.issue(call_sid, params.get("From"), no_answer=True)
+        if token is None:  # not a call this server handed off, or its report came once already
+            return self._forbidden(
+                AuthCheck.DIAL_REPLAY, request, f"call {clip(call_sid)} was not handed off from here"
+            )
+        self.metrics.error(ServerFault.HANDOFF_UNANSWERED)
+        log.warning("call %s: nobody took the hand-off (%s); the bot takes the call back", call_sid, clip(status))
         twiml = connect_stream(self.urls.stream_url, self.urls.status_url, token)
         return web.Response(text=twiml, content_type="text/xml")
 
     async def _stream_status(self, request: web.Request) -> web.Response:
         params = await request.post()
         if not self.signatures.webhook_ok(request.raw_path, params, request.headers.get(SIGNATURE_HEADER)):
-            return self._forbidden("status_signature", request)
+            return self._forbidden(AuthCheck.STATUS_SIGNATURE, request)
         event = params.get("StreamEvent", "")
+        call_sid = clip(params.get("CallSid"))
         if event == "stream-error":
-            self.metrics.errors.inc(kind="stream_error")
-            log.error("call %s: Twilio reports a stream error: %s", params.get("CallSid"), params.get("StreamError"))
+            self.metrics.error(ServerFault.STREAM_ERROR)
+            log.error("call %s: Twilio reports a stream error: %s", call_sid, clip(params.get("StreamError"), 200))
         else:
-            log.info("call %s: %s", params.get("CallSid"), event or "stream status without StreamEvent")
+            log.info("call %s: %s", call_sid, clip(event) if event else "stream status without StreamEvent")
         return web.Response(status=204)
 
-    def _forbidden(self, check: str, request: web.Request) -> web.Response:
-        self.metrics.auth_failures.inc(check=check)
-        log.warning("%s %s refused: missing or invalid %s", request.method, request.path, SIGNATURE_HEADER)
-        return web.Response(status=403, text=f"missing or invalid {SIGNATURE_HEADER}")
+    def _forbidden(self, check: AuthCheck, request: web.Request, why: str = "") -> web.Response:
+        self.metrics.auth_failure(check)
+        why = why or f"missing or invalid {SIGNATURE_HEADER}"
+        self._refusals.log(log, logging.WARNING, "%s %s refused: %s", request.method, request.path, why)
+        status = 409 if check in (AuthCheck.WEBHOOK_REPLAY, AuthCheck.DIAL_REPLAY) else 403
+        return web.Response(status=status, text=why)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         status = "draining" if self._draining else "ok"
@@ -385,138 +474,244 @@ class VoiceServer:
         return web.json_response(body, status=503 if self._draining else 200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        self.metrics.calls_active.set(self.calls_active)
-        return web.Response(body=self.metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     # ------------------------------------------------------------ media socket
 
-    def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _check_upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse in the handshake itself, before a socket exists: a wrong path, a missing or wrong signature,
+        too many sockets still waiting to authenticate (in all, or from this address), or a server stopping."""
         if request.path != MEDIA_PATH:
             return connection.respond(404, f"the media stream is at {MEDIA_PATH}\n")
+        if not self.signatures.upgrade_ok(request.headers.get(SIGNATURE_HEADER)):
+            self.metrics.auth_failure(AuthCheck.UPGRADE_SIGNATURE)
+            self._refusals.log(
+                log,
+                logging.WARNING,
+                "media socket from %s refused: missing or invalid %s",
+                _source(connection),
+                SIGNATURE_HEADER,
+            )
+            return connection.respond(403, f"missing or invalid {SIGNATURE_HEADER}\n")
+        source = _source(connection)
+        waiting = sum(self._unauthenticated.values())
+        if (
+            waiting >= self.server.max_pending_sockets
+            or self._unauthenticated[source] >= self.server.max_pending_per_source
+        ):
+            self.metrics.error(ServerFault.SOCKET_LIMIT)
+            self._refusals.log(
+                log,
+                logging.WARNING,
+                "media socket from %s refused: %d sockets already wait for their `start`",
+                source,
+                waiting,
+            )
+            return connection.respond(503, "too many media sockets waiting to start; try again later\n")
         return None
 
     async def _media_socket(self, ws: ServerConnection) -> None:
-        assert ws.request is not None
-        if not self.signatures.upgrade_ok(ws.request.headers.get(SIGNATURE_HEADER)):
-            self.metrics.auth_failures.inc(check="upgrade_signature")
-            log.warning("media socket from %s refused: missing or invalid %s", ws.remote_address, SIGNATURE_HEADER)
-            await ws.close(1008, f"missing or invalid {SIGNATURE_HEADER}")
-            return
+        source, budget = _source(ws), LogBudget()
+        self._unauthenticated[source] += 1
+        try:
+            admitted = await self._admit(ws, budget)
+        finally:
+            self._unauthenticated[source] -= 1
+            if not self._unauthenticated[source]:
+                del self._unauthenticated[source]
+        if admitted is not None:
+            await self._run_call(ws, *admitted, budget)
+
+    async def _admit(self, ws: ServerConnection, budget: LogBudget) -> tuple[StreamParser, Start, StreamGrant] | None:
+        """Read up to `start` and check its token; None (the socket closed, the refusal counted) when refused."""
         parser = StreamParser()
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
-                start = await self._read_start(ws, parser)
+                start = await self._read_start(ws, parser, budget)
         except ProtocolError as exc:
-            await self._protocol_error(ws, exc)
-            return
+            await self._protocol_error(ws, exc, budget)
+            return None
         except TimeoutError:
-            self.metrics.errors.inc(kind="no_start")
+            self.metrics.error(ServerFault.NO_START)
             await ws.close(1002, f"no 'start' message within {START_TIMEOUT_S:.0f} s")
-            return
+            return None
         except ConnectionClosed:
-            return  # gone before the stream started: nothing to clean up
+            return None  # gone before the stream started: nothing to clean up
         grant = self.tokens.redeem(start.call_sid, start.custom_parameters.get("token", ""))
         if grant is None:
-            self.metrics.auth_failures.inc(check="stream_token")
-            log.warning("call %s: stream token missing, wrong, reused or expired; closing", start.call_sid)
+            self.metrics.auth_failure(AuthCheck.STREAM_TOKEN)
+            budget.log(
+                log,
+                logging.WARNING,
+                "call %s: stream token missing, wrong, reused or expired; closing",
+                clip(start.call_sid),
+            )
             await ws.close(1008, "stream token missing, wrong, reused or expired")
-            return
-        await self._run_call(ws, parser, start, grant)
+            return None
+        if start.call_sid in self._calls:  # one live stream per call: a second would share its record
+            self.metrics.auth_failure(AuthCheck.DUPLICATE_STREAM)
+            log.warning("call %s: a second stream for a live call; closing it", clip(start.call_sid))
+            await ws.close(1008, "this call already has a live stream")
+            return None
+        return parser, start, grant
 
-    async def _read_start(self, ws: ServerConnection, parser: StreamParser) -> Start:
+    async def _read_start(self, ws: ServerConnection, parser: StreamParser, budget: LogBudget) -> Start:
         while True:
             event = parser.receive(await ws.recv())
             if isinstance(event, Start):
                 return event
             if isinstance(event, Unknown):
-                self._unknown(event)
+                self._unknown(event, budget)
 
-    def _unknown(self, event: Unknown) -> None:
-        self.metrics.errors.inc(kind="unknown_event")
-        log.info("skipping unknown stream event %r", event.event[:40])
+    def _unknown(self, event: Unknown, budget: LogBudget) -> None:
+        self.metrics.error(ServerFault.UNKNOWN_EVENT)
+        budget.log(log, logging.DEBUG, "skipping unknown stream event %s", clip(event.event, 40))
 
-    async def _protocol_error(self, ws: ServerConnection, exc: ProtocolError) -> None:
-        self.metrics.errors.inc(kind=exc.kind)
-        log.warning("media socket closed on a protocol error: %s", exc)
-        await ws.close(1003 if exc.kind == "binary_frame" else 1002, str(exc)[:120])
+    async def _protocol_error(self, ws: ServerConnection, exc: ProtocolError, budget: LogBudget) -> None:
+        self.metrics.error(exc.kind)
+        # The message may quote the sender's bytes (audio, a token): only its kind at WARNING.
+        if budget.log(log, logging.WARNING, "media socket closed on a protocol error (%s)", exc.kind):
+            log.debug("the protocol error: %s", clip(exc, 200))
+        await ws.close(1003 if exc.kind is ErrorKind.BINARY_FRAME else 1002, str(exc)[:120])
 
-    async def _run_call(self, ws: ServerConnection, parser: StreamParser, start: Start, grant: StreamGrant) -> None:
+    async def _run_call(
+        self, ws: ServerConnection, parser: StreamParser, start: Start, grant: StreamGrant, budget: LogBudget
+    ) -> None:
         call_sid, caller = start.call_sid, grant.caller
         transport = StreamTransport(
-            ws, start.stream_sid, call_sid, self.control, self.server.human_number, self.metrics, self.urls.dial_url
+            ws,
+            start.stream_sid,
+            call_sid,
+            self.control,
+            self.server.human_number,
+            self.metrics,
+            self.urls.dial_url,
+            on_handed_off=self.tokens.expect_return,
         )
         session, conversation = self.agent.open_call(call_sid, caller, "twilio", can_hand_off=not self.no_hand_off)
-        runner = CallRunner(self.agent, session, conversation, transport)
+        runner = CallRunner(self.agent, session, conversation, transport, observer=self.metrics)
         call = self._calls[call_sid] = _LiveCall(runner)
-        self.metrics.calls_total.inc()
+        self._changed.set()
+        self.metrics.call_started()
         log.info("call %s from %s: stream %s started", call_sid, mask_number(caller), start.stream_sid)
         running = asyncio.create_task(runner.run())
-        reading = asyncio.create_task(self._read_call(ws, parser, runner, transport))
+        reading = asyncio.create_task(self._read_call(ws, parser, runner, transport, budget))
         transport.start()
         runner.push(CallStarted(time.monotonic(), after_no_answer=grant.no_answer))
+        how, error = StreamEnd.BOT, None
         try:
-            await asyncio.wait({running, reading}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({running, reading}, return_when=FIRST_COMPLETED)
+            if reading.done():
+                how, error = self._how_reading_ended(reading)
             if not running.done():  # the caller left, or the stream broke: end the session
                 runner.push(CallerHungUp(time.monotonic()))
-            reason = await running
-            reading.cancel()
-            await transport.close()
-            error = reading.exception() if reading.done() and not reading.cancelled() else None
-            if isinstance(error, ProtocolError):
-                await self._protocol_error(ws, error)
-            else:
-                if error is not None:
-                    self.metrics.errors.inc(kind="internal")
-                    log.error("call %s: reading the stream failed", call_sid, exc_info=error)
-                await ws.close(1001 if self._draining else 1000, reason[:120])
-            log.info("call %s ended: %s", call_sid, reason)
+            try:
+                reason = await running
+            except Exception as exc:
+                how, error, reason = StreamEnd.INTERNAL, exc, "internal error"
         finally:
-            running.cancel()
-            reading.cancel()
-            await self._count_call(call_sid)
+            for task in (running, reading):
+                task.cancel()
+            await asyncio.wait({running, reading})
+            await transport.close()
             del self._calls[call_sid]
             call.done.set()
+            self._changed.set()
+        if how is not StreamEnd.SHUTDOWN:
+            self.metrics.call_ended(how)
+        await self._close(ws, call_sid, how, error, reason, budget)
+
+    async def _close(
+        self,
+        ws: ServerConnection,
+        call_sid: str,
+        how: StreamEnd,
+        error: BaseException | None,
+        reason: str,
+        budget: LogBudget,
+    ) -> None:
+        """Close the socket with the code the end calls for: 1002/1003 for a protocol fault, 1011 only for ours."""
+        if isinstance(error, ProtocolError):
+            await self._protocol_error(ws, error, budget)
+        elif how is StreamEnd.INTERNAL:
+            self.metrics.error(ServerFault.INTERNAL)
+            log.error("call %s: ended by an internal error", call_sid, exc_info=error)
+            await ws.close(1011, "internal error")
+        elif how is StreamEnd.FLOOD:
+            await ws.close(1008, "messages faster than real time")
+        else:
+            await ws.close(1001 if self._draining else 1000, reason[:120])
+        log.info("call %s ended (%s): %s", call_sid, how, reason)
+
+    @staticmethod
+    def _how_reading_ended(reading: asyncio.Task) -> tuple[StreamEnd, BaseException | None]:
+        if reading.cancelled():
+            return StreamEnd.BOT, None
+        error = reading.exception()
+        if error is None:
+            return reading.result(), None
+        if isinstance(error, ProtocolError):
+            return StreamEnd.PROTOCOL, error
+        if isinstance(error, CallFlooded):
+            return StreamEnd.FLOOD, None
+        return StreamEnd.INTERNAL, error
 
     async def _read_call(
-        self, ws: ServerConnection, parser: StreamParser, runner: CallRunner, transport: StreamTransport
-    ) -> None:
-        """Feed the stream into the call until `stop` or disconnection; a protocol fault is raised."""
-        with contextlib.suppress(ConnectionClosed):
-            async for message in ws:
-                event = parser.receive(message)
-                now = time.monotonic()
-                match event:
-                    case Media():
-                        runner.push(AudioIn(ulaw_decode(event.payload), now))
-                        transport.media_time(event.timestamp_ms)
-                    case Dtmf():
-                        runner.push(DtmfIn(event.digit, now))
-                    case Mark():
-                        runner.push(MarkEchoed(event.name, now))
-                    case Stop():
-                        return
-                    case Unknown():
-                        self._unknown(event)
-
-    async def _count_call(self, call_sid: str) -> None:
+        self,
+        ws: ServerConnection,
+        parser: StreamParser,
+        runner: CallRunner,
+        transport: StreamTransport,
+        budget: LogBudget,
+    ) -> StreamEnd:
+        """Feed the stream into the call until `stop`, disconnection or silence from Twilio (which sends 50
+        frames a second while a call is up); a protocol fault or a flood is raised."""
+        loop = asyncio.get_running_loop()
+        idle_s = self.server.idle_timeout_s
         try:
-            record = await asyncio.to_thread(self.agent.dialog.store.get_call, call_sid)
-        except Exception:  # metrics must never take a call down with them
-            log.exception("call %s: cannot read its record for the metrics", call_sid)
-            self.metrics.errors.inc(kind="store")
-            return
-        if record is not None:
-            self.metrics.record_call(record)
+            async with asyncio.timeout(idle_s) as idle:
+                async for message in ws:
+                    idle.reschedule(loop.time() + idle_s)
+                    event = parser.receive(message)
+                    now = time.monotonic()
+                    match event:
+                        case Media():
+                            await runner.feed(AudioIn(ulaw_decode(event.payload), now))
+                            transport.media_time(event.timestamp_ms)
+                        case Dtmf():
+                            await runner.feed(DtmfIn(event.digit, now))
+                        case Mark():
+                            await runner.feed(MarkEchoed(event.name, now))
+                        case Stop():
+                            return StreamEnd.STOP
+                        case Unknown():
+                            self._unknown(event, budget)
+        except TimeoutError:
+            self.metrics.error(ServerFault.IDLE_STREAM)
+            log.warning("call %s: nothing on the stream for %.0f s; ending the call", transport.call_sid, idle_s)
+            return StreamEnd.IDLE
+        except ConnectionClosed:
+            pass
+        return StreamEnd.DISCONNECT
 
 
 async def serve_until_signalled(settings: Settings, agent: VoiceAgent) -> None:
-    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully; a second signal stops waiting for
+    live calls (they are ended and their records flushed)."""
     server = VoiceServer(settings, agent)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: ending live calls now")
+            server.force()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
     log.info("signal received: no new calls; live calls get %.0f s to finish", settings.server.shutdown_timeout_s)
     await server.shutdown()
@@ -531,7 +726,9 @@ def run(settings: Settings) -> int:
     check_exposure(settings.server)
     agent = build_agent(settings)  # the knowledge base and store named by dialog.kb_path and store.url
     try:
+        if closed := agent.store.close_abandoned_calls():
+            log.warning("closed %d call(s) a voicebot left open when it stopped mid-call (interrupted)", len(closed))
         asyncio.run(serve_until_signalled(settings, agent))
     finally:
-        agent.dialog.store.close()
+        agent.close()
     return 0

@@ -48,8 +48,8 @@ def synthesizer(settings):
 
 
 @pytest.fixture(scope="session")
-def agent(settings, tmp_path_factory):
-    """The whole voice agent on the sample KB, warmed, with its own store: replays and CallRunner tests share it."""
+def loaded_agent(settings, tmp_path_factory):
+    """The whole voice agent on the sample KB, warmed, with its own store: loaded once for the whole session."""
     from voicebot.agent import build_agent
 
     agent = build_agent(settings, store_url=str(tmp_path_factory.mktemp("voice") / "calls.db"))
@@ -58,7 +58,13 @@ def agent(settings, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def patient_agent(settings, agent):
+def agent(loaded_agent):
+    """The voice agent: replays and CallRunner tests share it (server tests use `patient_agent` under this name)."""
+    return loaded_agent
+
+
+@pytest.fixture(scope="session")
+def patient_agent(settings, loaded_agent):
     """The session's agent with deadlines no slow machine misses, for calls in real time that assert their routes
     (a slow CI machine must not turn an LLM answer into an apology). The deadlines themselves are tested on the
     media clock (test_session_failures) and with engines that hang (test_call_runner)."""
@@ -66,7 +72,7 @@ def patient_agent(settings, agent):
 
     late = 20_000
     voice = dataclasses.replace(settings.voice, stt_deadline_ms=late, reply_deadline_ms=late, reply_stall_ms=late)
-    return VoiceAgent.sharing(agent, dataclasses.replace(settings, voice=voice))
+    return VoiceAgent.sharing(loaded_agent, dataclasses.replace(settings, voice=voice))
 
 
 @pytest.fixture

@@ -11,164 +11,53 @@ audio sent ahead.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pytest
 from fake_twilio import FakeTwilio
 from sample_calls import SAMPLE_CALLS, check_record
-from twilio.request_validator import RequestValidator
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from server_harness import (
+    AC,
+    AUTH,
+    HUMAN,
+    MAX_LEAD_MS,
+    PUBLIC,
+    SPEED,
+    closed_with,
+    endpoint,
+    http,
+    media_socket,
+    metric,
+    place_call,
+    run_server,
+    signed,
+    token_for,
+    until_idle,
+    webhook_form,
+)
+from websockets.exceptions import InvalidStatus
 
 from telephony.call_control import CallControl
-from telephony.metrics import Registry, ServerMetrics
+from telephony.metrics import ServerMetrics
 from telephony.protocol import Play, TwilioStreamWriter, parse_outbound
 from telephony.security import DIAL_PATH
 from telephony.server import StreamTransport, VoiceServer, _chunks
-from telephony.simulator import Endpoint, SimulatedCall, fetch_twiml, simulate_call, stream_target
+from telephony.simulator import SimulatedCall, fetch_twiml
 from telephony.twiml import dial_human
 from voicebot import cli, prompts
-from voicebot.agent import build_agent
 from voicebot.audio import Resampler, pcm16_to_float
-from voicebot.config import ServerSettings, Settings
-from voicebot.kb import SAMPLE_KB
 from voicebot.routes import Line
 
 CALLS = SAMPLE_CALLS
-AC = "AC" + "5" * 32
-AUTH = "test-auth-token-0123456789abcdef"
-PUBLIC = "https://voicebot.test"
-HUMAN = "+15550100123"
-SPEED = 1.0
-MAX_LEAD_MS = 200
 
 
 @pytest.fixture(scope="module")
-def agent(settings: Settings, tmp_path_factory: pytest.TempPathFactory):
-    store_url = f"sqlite:///{tmp_path_factory.mktemp('server') / 'calls.db'}"
-    # The sample calls run in real time and assert their routes: a slow CI machine must not turn an LLM answer
-    # into an apology. The deadlines themselves are tested on the media clock (test_session_failures) and with
-    # engines that hang (test_call_runner).
-    late = 20_000
-    patient = dataclasses.replace(settings.voice, stt_deadline_ms=late, reply_deadline_ms=late, reply_stall_ms=late)
-    agent = build_agent(dataclasses.replace(settings, voice=patient), SAMPLE_KB, store_url)
-    yield agent
-    agent.dialog.store.close()
-
-
-@pytest.fixture
-def fake_twilio():
-    with FakeTwilio(AC, AUTH) as fake:
-        yield fake
-
-
-Scenario = Callable[[VoiceServer], Awaitable[None]]
-
-
-def run_server(settings: Settings, agent, fake: FakeTwilio, scenario: Scenario, **changes: object) -> None:
-    """Start a server on free ports, run `scenario` against it, shut it down."""
-
-    async def main() -> None:
-        server_settings = ServerSettings(
-            port=0,
-            media_port=0,
-            twilio_account_sid=AC,
-            twilio_auth_token=AUTH,
-            public_url=PUBLIC,
-            twilio_api_url=fake.url,
-            human_number=HUMAN,
-        )
-        server = VoiceServer(
-            dataclasses.replace(settings, server=dataclasses.replace(server_settings, **changes)), agent
-        )
-        await server.start()
-        try:
-            await scenario(server)
-        finally:
-            await server.shutdown(timeout_s=0)
-
-    asyncio.run(main())
-
-
-async def place_call(server: VoiceServer, wav: Path, **options: object) -> SimulatedCall:
-    """Run the simulator on its own thread and event loop, as the phone network is its own machine: the
-    server's work must not stall the caller's clock (that would make its lead measurement meaningless)."""
-    phone_network = ThreadPoolExecutor(1)  # not the default pool: the server runs its jobs there
-    try:
-        call = simulate_call(endpoint(server), wav, **options)
-        return await asyncio.get_running_loop().run_in_executor(phone_network, asyncio.run, call)
-    finally:
-        phone_network.shutdown(wait=False)  # never block the server's loop the simulator talks to
-
-
-def endpoint(server: VoiceServer, auth_token: str = AUTH) -> Endpoint:
-    return Endpoint(
-        f"http://127.0.0.1:{server.http_port}",
-        server.server.public_url,
-        f"ws://127.0.0.1:{server.media_port}/media",
-        auth_token,
-        AC,
-    )
-
-
-async def http(server: VoiceServer, method: str, path: str, **kwargs) -> tuple[int, str, str]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, f"http://127.0.0.1:{server.http_port}{path}", **kwargs) as response,
-    ):
-        return response.status, response.headers.get("Content-Type", ""), await response.text()
-
-
-async def metric(server: VoiceServer, series: str) -> float:
-    _, _, text = await http(server, "GET", "/metrics")
-    match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-def signed(url: str, params: dict[str, str]) -> dict[str, str]:
-    return {"X-Twilio-Signature": RequestValidator(AUTH).compute_signature(url, params)}
-
-
-def webhook_form(call_sid: str) -> dict[str, str]:
-    return {"CallSid": call_sid, "AccountSid": AC, "From": "+15550100199", "To": "+15550100000"}
-
-
-@asynccontextmanager
-async def media_socket(server: VoiceServer, headers: dict[str, str] | None = None) -> AsyncIterator:
-    url = f"ws://127.0.0.1:{server.media_port}/media"
-    headers = signed(f"wss://{PUBLIC.removeprefix('https://')}/media", {}) if headers is None else headers
-    async with connect(url, additional_headers=headers) as ws:
-        yield ws
-
-
-async def token_for(server: VoiceServer, call_sid: str) -> str:
-    target = stream_target(await fetch_twiml(endpoint(server), call_sid, "+15550100199"))
-    assert target is not None
-    return target[1]["token"]
-
-
-async def closed_with(ws) -> int | None:
-    """Read until the server closes the socket; its close code."""
-    with pytest.raises(ConnectionClosed):
-        while True:
-            await asyncio.wait_for(ws.recv(), 10)
-    return ws.close_code
-
-
-async def until_idle(server: VoiceServer) -> None:
-    """Wait until the server has finished with every call (records read, metrics counted)."""
-    async with asyncio.timeout(10):
-        while server.calls_active:
-            await asyncio.sleep(0.02)
+def agent(patient_agent):
+    return patient_agent
 
 
 def assert_paced(call: SimulatedCall) -> None:
@@ -221,7 +110,7 @@ def test_closing_the_transport_as_a_frame_arrives_never_hangs():
 
     async def scenario() -> None:
         line = _Line()
-        transport = StreamTransport(line, "MZ1", "CA1", CallControl("", ""), "", ServerMetrics())
+        transport = StreamTransport(line, "MZ1", "CA1", CallControl("", ""), "", ServerMetrics(lambda: 0))
         transport.start()
         for _ in range(20):
             await transport.play(np.zeros(8000, np.int16))  # a second of audio: the pacer sends its lead
@@ -240,7 +129,7 @@ def test_closing_the_transport_as_a_frame_arrives_never_hangs():
 def test_a_paused_transport_sends_no_audio_until_resumed_and_a_clear_ends_the_pause():
     async def scenario() -> None:
         line = _Line()
-        transport = StreamTransport(line, "MZ1", "CA1", CallControl("", ""), "", ServerMetrics())
+        transport = StreamTransport(line, "MZ1", "CA1", CallControl("", ""), "", ServerMetrics(lambda: 0))
         transport.start()
         await transport.play(np.zeros(800, np.int16))  # 100 ms: sent at once, within the lead
         await transport.mark("t1-s1")
@@ -265,21 +154,6 @@ def test_a_paused_transport_sends_no_audio_until_resumed_and_a_clear_ends_the_pa
         await transport.close()
 
     asyncio.run(scenario())
-
-
-def test_metrics_render_prometheus_text():
-    registry = Registry()
-    registry.counter("x_total", "Things.", ("kind",)).inc(kind='a"b')
-    registry.gauge("y", "Now.").set(3)
-    hist = registry.histogram("z_seconds", "Time.", ("stage",))
-    hist.observe(0.25, stage="stt")
-    hist.observe(20, stage="stt")
-    text = registry.render()
-    assert 'x_total{kind="a\\"b"} 1' in text
-    assert "# TYPE y gauge\ny 3" in text
-    assert 'z_seconds_bucket{stage="stt",le="0.3"} 1' in text
-    assert 'z_seconds_bucket{stage="stt",le="+Inf"} 2' in text
-    assert 'z_seconds_count{stage="stt"} 2' in text and 'z_seconds_sum{stage="stt"} 20.25' in text
 
 
 # ---------------------------------------------------------------- HTTP: webhook, status, health, metrics
@@ -353,13 +227,15 @@ def test_healthz_and_metrics_format(settings, agent, fake_twilio):
 # ---------------------------------------------------------------- media socket: signatures, tokens, protocol
 
 
-def test_upgrade_signature_invalid_or_missing_closes_1008(settings, agent, fake_twilio):
+def test_upgrade_signature_invalid_or_missing_is_refused_in_the_handshake(settings, agent, fake_twilio):
     async def scenario(server: VoiceServer) -> None:
         wrong = signed("wss://elsewhere.test/media", {})
         for headers in (wrong, {}):
-            async with media_socket(server, headers) as ws:
-                assert await closed_with(ws) == 1008
-                assert "X-Twilio-Signature" in ws.close_reason
+            with pytest.raises(InvalidStatus) as refused:
+                async with media_socket(server, headers):
+                    pass
+            assert refused.value.response.status_code == 403
+            assert b"X-Twilio-Signature" in refused.value.response.body
         assert await metric(server, 'voicebot_auth_failures_total{check="upgrade_signature"}') == 2
 
     run_server(settings, agent, fake_twilio, scenario)
@@ -438,7 +314,7 @@ def test_wrong_stream_sid_mid_call_ends_the_call_and_keeps_its_record(settings, 
             assert await closed_with(ws) == 1002
         await until_idle(server)
         assert await metric(server, 'voicebot_errors_total{kind="wrong_stream_sid"}') == 1
-        record = agent.dialog.store.get_call(call_sid)
+        record = agent.store.get_call(call_sid)
         assert record is not None and record["ended_at"] is not None
 
     run_server(settings, agent, fake_twilio, scenario)
@@ -450,7 +326,7 @@ def test_caller_leaving_mid_reply_ends_the_call_cleanly(settings, agent, fake_tw
         call = await place_call(server, CALLS[0], speed=SPEED, hang_up_at_ms=1500, send_stop=send_stop)
         assert not call.closed_by_server and call.chunk_ms  # the greeting was playing
         await until_idle(server)
-        record = agent.dialog.store.get_call(call.call_sid)
+        record = agent.store.get_call(call.call_sid)
         assert record["ended_at"] is not None and record["turns"] == []
         assert record["greeting"]["interrupted"]  # cut where the caller left
         assert fake_twilio.for_call(call.call_sid) == []  # nothing to hang up: the caller is gone
@@ -474,9 +350,9 @@ def test_shutdown_with_a_live_call(settings, agent, fake_twilio):
         call = await live
         await stopping
         assert call.closed_by_server and call.close_code == 1001
-        record = agent.dialog.store.get_call(call.call_sid)
+        record = agent.store.get_call(call.call_sid)
         assert record["ended_at"] is not None  # flushed
-        assert server.metrics.calls_refused.value(reason="shutting_down") == 1
+        assert server.metrics.value("voicebot_calls_refused_total", reason="shutting_down") == 1
 
     run_server(settings, agent, fake_twilio, scenario)
 
@@ -492,7 +368,7 @@ def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
     async def scenario(server: VoiceServer) -> None:
         call = await place_call(server, wav, speed=SPEED, heard_wav=tmp_path / "heard.wav")
         await until_idle(server)  # the caller's `stop` is out; the server may still be closing the record
-        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        record = await asyncio.to_thread(agent.store.get_call, call.call_sid)
         assert record is not None and record["channel"] == "twilio" and record["caller"] == "+1555***0199"
         assert_expected(call, record, expect, fake_twilio)
         assert_paced(call)
@@ -571,7 +447,7 @@ def test_a_transfer_twilio_refuses_keeps_the_caller_and_offers_a_ticket(settings
     async def scenario(server: VoiceServer) -> None:
         call = await place_call(server, call_named("human_request"), call_sid=call_sid)
         await until_idle(server)
-        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        record = await asyncio.to_thread(agent.store.get_call, call.call_sid)
         assert not call.closed_by_server, "the caller stays on the line, with the bot"
         assert record["handoff"] is None, "nobody took the call: it was not handed off"
         routes = [(t["route"], t["failed_stage"]) for t in record["turns"]]
@@ -581,7 +457,7 @@ def test_a_transfer_twilio_refuses_keeps_the_caller_and_offers_a_ticket(settings
         assert await metric(server, 'voicebot_errors_total{kind="call_control"}') == 1
         after = await place_call(server, call_named("faq_returns"))
         await until_idle(server)
-        next_record = await asyncio.to_thread(agent.dialog.store.get_call, after.call_sid)
+        next_record = await asyncio.to_thread(agent.store.get_call, after.call_sid)
         assert [t["route"] for t in next_record["turns"]] == ["faq"], "the next call is served normally"
 
     run_server(settings, agent, fake_twilio, scenario, **rest)
@@ -598,14 +474,14 @@ def test_an_llm_that_fails_mid_call_is_heard_as_an_apology_and_the_next_call_is_
         call = await place_call(server, call_named("out_of_scope"))
         await until_idle(server)
         monkeypatch.undo()
-        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        record = await asyncio.to_thread(agent.store.get_call, call.call_sid)
         assert [(t["route"], t["failed_stage"]) for t in record["turns"]] == [("repeat", "llm")]
         assert record["turns"][0]["reply_text"] == agent.line_texts[Line.SORRY]
         assert {"sorry", "wrong", "again"} <= await asyncio.to_thread(heard_words, agent, call)
         assert not call.closed_by_server, "the caller stays on the line"
         after = await place_call(server, call_named("faq_returns"))
         await until_idle(server)
-        next_record = await asyncio.to_thread(agent.dialog.store.get_call, after.call_sid)
+        next_record = await asyncio.to_thread(agent.store.get_call, after.call_sid)
         assert [t["route"] for t in next_record["turns"]] == ["faq"]
 
     run_server(settings, agent, fake_twilio, scenario)
@@ -616,7 +492,7 @@ def test_without_a_human_number_a_request_for_a_person_is_offered_a_ticket(setti
         assert server.no_hand_off and "server.human_number" in server.no_hand_off
         call = await place_call(server, call_named("human_request"))
         await until_idle(server)
-        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        record = await asyncio.to_thread(agent.store.get_call, call.call_sid)
         assert [t["route"] for t in record["turns"]] == ["fallback"] and record["handoff"] is None
         assert record["turns"][0]["reply_text"] == prompts.NO_COLLEAGUE_LINE
         assert fake_twilio.requests == [], "no transfer is tried with nowhere to send the caller"
@@ -630,11 +506,11 @@ def test_a_hand_off_nobody_answers_comes_back_to_the_bot(settings, agent, fake_t
     async def scenario(server: VoiceServer) -> None:
         call = await place_call(server, call_named("human_request"))
         await until_idle(server)
-        assert (await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid))["handoff"] == "requested"
+        assert (await asyncio.to_thread(agent.store.get_call, call.call_sid))["handoff"] == "requested"
         # Nobody picks up: Twilio asks the <Dial>'s action what next, and the caller is back with the bot.
         back = await place_call(server, call_named("silence_noise"), call_sid=call.call_sid, dial_status="no-answer")
         await until_idle(server)
-        record = await asyncio.to_thread(agent.dialog.store.get_call, call.call_sid)
+        record = await asyncio.to_thread(agent.store.get_call, call.call_sid)
         assert record["handoff"] is None and record["ended_at"] is not None
         assert [(t["index"], t["route"], t["failed_stage"]) for t in record["turns"]] == [
             (0, "handoff", None),

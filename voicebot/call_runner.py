@@ -165,9 +165,11 @@ class CallRunner:
             for job in self._jobs.values():
                 job.cancelled.set()
             self._store_safely("close the call's record", self.conversation.end)
+            if not await asyncio.to_thread(self.agent.records.flush, FLUSH_S):
+                log.warning(
+                    "call %s: its records are not written yet; they are kept for later", self.conversation.call_id
+                )
             self.done.set()
-        if not await asyncio.to_thread(self.agent.records.flush, FLUSH_S):
-            log.warning("call %s: its records are not written yet; they are kept for later", self.conversation.call_id)
         return self.end_reason or "ended"
 
     async def idle(self) -> None:

@@ -146,6 +146,15 @@ class ServerSettings:
     media_port: int = 8081  # the Media Streams WebSocket (/media); HTTP (/twiml, /metrics, ...) is on port
     shutdown_timeout_s: float = 30.0  # on SIGTERM, how long live calls may go on before they are closed
     twilio_api_url: str = ""  # Twilio REST API origin; empty means https://api.twilio.com (tests use a fake)
+    # Twilio connects the stream a second or two after fetching the TwiML: a token unused this long is void, and
+    # stops holding a place against max_calls.
+    stream_token_ttl_s: float = 10.0
+    idle_timeout_s: float = 10.0  # a live stream that sends nothing this long is over (Twilio sends 50 frames/s)
+    max_pending_sockets: int = 16  # media sockets open but not yet authenticated by their token, in all
+    max_pending_per_source: int = 4  # ... and from one address
+    # /metrics and /healthz on their own address (e.g. 127.0.0.1:9100), off the public port; unset: on server.port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass

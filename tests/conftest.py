@@ -1,4 +1,8 @@
-"""Shared fixtures: the real embedded models, loaded once per test session."""
+"""Shared fixtures: the real embedded models, loaded once per test session.
+
+A test that uses one of them (directly or through another fixture) is marked `models`: `pytest -m "not models"`
+runs the rest, which need no model files, in seconds.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,13 @@ def transcriber(settings):
     from voicebot.stt import load_transcriber
 
     return load_transcriber(settings.models, settings.voice)
+
+
+@pytest.fixture(scope="session")
+def vad(settings):
+    from voicebot.vad import load_vad
+
+    return load_vad(settings.models)
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +91,12 @@ def fake_twilio():
     """A local fake of Twilio's Calls API, which the real twilio client talks to."""
     with FakeTwilio(AC, AUTH) as fake:
         yield fake
+
+
+MODEL_FIXTURES = frozenset({"embedder", "llm", "transcriber", "synthesizer", "vad", "loaded_agent"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.models)

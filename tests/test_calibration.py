@@ -81,6 +81,7 @@ def test_the_out_of_scope_set_covers_many_trades_and_copies_no_test_line():
     assert not set(texts) & written
 
 
+@pytest.mark.models  # loads models outside the shared fixtures
 @pytest.mark.parametrize("which", ["sample_check", "plain_check"])
 def test_no_out_of_scope_line_is_read_an_answer_and_the_direct_band_is_right(which, request):
     _, report = request.getfixturevalue(which)

@@ -407,6 +407,7 @@ def voicebot(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.models  # loads models outside the shared fixtures
 def test_chat_piped_and_tickets_survive_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "calls.db"
     first = run_chat(db, ["how do i return something", "you sent me the wrong size and nobody answers my emails"])

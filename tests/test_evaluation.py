@@ -70,6 +70,7 @@ def test_cases_files_are_validated_with_their_place_named(tmp_path: Path) -> Non
         load_cases(bad)
 
 
+@pytest.mark.models  # loads models outside the shared fixtures
 def test_kb_eval_command_exits_non_zero_under_the_minimum(tmp_path: Path) -> None:
     kb = tmp_path / "kb.json"
     kb.write_text(

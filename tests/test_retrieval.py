@@ -205,6 +205,7 @@ def test_csv_knowledge_base_is_searchable(embedder, tmp_path):
     assert index.search("can I pick it up myself from the shop")[0].entry.id == "pickup"
 
 
+@pytest.mark.models  # loads models outside the shared fixtures
 def test_kb_build_command(tmp_path):
     kb = write_kb(tmp_path / "kb.json")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

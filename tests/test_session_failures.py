@@ -40,14 +40,8 @@ from voicebot.session import (
 )
 from voicebot.stt import Transcript
 from voicebot.tts_cache import PhoneSpeech
-from voicebot.vad import load_vad
 
 LINES = line_texts(Company())
-
-
-@pytest.fixture(scope="module")
-def vad(settings):
-    return load_vad(settings.models)
 
 
 @pytest.fixture(scope="module")

@@ -95,11 +95,13 @@ def biased(settings, sample_vocabulary) -> WhisperTranscriber:
     return WhisperTranscriber(model_path(settings.models, "stt"), threads=settings.models.threads, options=options)
 
 
+@pytest.mark.models  # loads models outside the shared fixtures
 def test_a_vocabulary_too_long_for_whisper_is_refused(settings):
     with pytest.raises(ValueError, match=r"STT vocabulary is \d+ tokens, Whisper takes at most 223"):
         WhisperTranscriber(model_path(settings.models, "stt"), options=SttOptions(vocabulary="Zelle " * 300))
 
 
+@pytest.mark.models  # loads models outside the shared fixtures
 def test_the_vocabulary_invents_nothing_on_silence_or_hiss(biased):
     hiss = (np.random.default_rng(0).standard_normal(16_000 * 2) * 0.001).astype(np.float32)
     assert not biased.transcribe(np.zeros(16_000 * 2, np.float32)).usable

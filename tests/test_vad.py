@@ -22,16 +22,10 @@ from voicebot.vad import (
     SpeechStart,
     VadOptions,
     VadStream,
-    load_vad,
 )
 
 OPTIONS = VadOptions(threshold=0.5, min_speech_ms=150, pause_ms=200, end_ms=450)
 TOLERANCE_MS = 150
-
-
-@pytest.fixture(scope="module")
-def vad(settings) -> SileroVad:
-    return load_vad(settings.models)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +220,7 @@ def test_options_from_settings_and_validation() -> None:
         VadOptions(threshold=0.5, neg_threshold=0.7)
 
 
+@pytest.mark.models  # loads models outside the shared fixtures
 def test_a_wrong_model_file_is_named(settings, tmp_path) -> None:
     voice_dir = model_path(settings.models, "tts")
     with pytest.raises(ValueError, match=r"voice\.onnx is not the Silero VAD v6 model"):

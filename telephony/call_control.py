@@ -1,14 +1,18 @@
 """Changing a live call through Twilio's REST API: hand it to a person, or hang it up.
 
 Both go through twilio's own `Client` (`calls(sid).update(...)`), which blocks, so each request runs in a
-worker thread. The API origin can be pointed elsewhere (`server.twilio_api_url`), which is how the tests put
+thread of its own small pool: never on the event loop, and never queued behind the calls' STT and LLM work. The
+API origin can be pointed elsewhere (`server.twilio_api_url`), which is how the tests put
 the real client in front of a local fake of the Calls endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -19,6 +23,8 @@ from voicebot.config import ServerSettings
 
 log = logging.getLogger(__name__)
 
+REST_THREADS = 2  # transfers and hang-ups are rare and short; a slow API must not take more threads than this
+
 
 class CallControlError(RuntimeError):
     """A call could not be changed; the message says which call, what Twilio answered and what to fix."""
@@ -27,6 +33,7 @@ class CallControlError(RuntimeError):
 class CallControl:
     def __init__(self, account_sid: str, auth_token: str, api_url: str = "", timeout_s: float = 10.0) -> None:
         self._client: Client | None = None
+        self._pool = ThreadPoolExecutor(REST_THREADS, thread_name_prefix="twilio-rest")
         if account_sid and auth_token:
             self._client = Client(account_sid, auth_token, http_client=TwilioHttpClient(timeout=timeout_s))
             if api_url:
@@ -52,12 +59,21 @@ class CallControl:
         `action_url` what to do once the person hangs up or never answers."""
         if reason := self.cannot_transfer(human_number):
             raise CallControlError(f"cannot transfer call {call_sid}: {reason}")
-        if not await asyncio.to_thread(self._update, call_sid, "transfer", twiml=dial_human(human_number, action_url)):
+        if not await self._run(self._update, call_sid, "transfer", twiml=dial_human(human_number, action_url)):
             raise CallControlError(f"cannot transfer call {call_sid}: Twilio no longer knows the call (HTTP 404)")
 
     async def hangup(self, call_sid: str) -> None:
         """End the call (`status=completed`); a call that is already gone is fine."""
-        await asyncio.to_thread(self._update, call_sid, "hang up", status="completed")
+        await self._run(self._update, call_sid, "hang up", status="completed")
+
+    async def _run(self, update: Callable[..., bool], call_sid: str, what: str, **changes: str) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(update, call_sid, what, **changes)
+        )
+
+    def close(self) -> None:
+        """Stop the request threads (requests in flight finish on their own)."""
+        self._pool.shutdown(wait=False)
 
     def _update(self, call_sid: str, what: str, **changes: str) -> bool:
         """Change the call; False when Twilio no longer knows it (the caller hung up first)."""

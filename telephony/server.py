@@ -384,6 +384,7 @@ class VoiceServer:
         if not await asyncio.to_thread(self.agent.records.flush, CLOSE_GRACE_S):
             log.error("shutdown: call records not yet written are kept in the spool, for the next start")
         self._readers.shutdown(wait=False, cancel_futures=True)
+        self.control.close()
         log.info("server stopped")
 
     # ------------------------------------------------------------ HTTP

@@ -14,7 +14,7 @@ AVX512 := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo ON || echo 
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$(AVX512)
 PROFILE ?= embedded
 
-.PHONY: install models demo test bench lint clean
+.PHONY: install models demo test bench soak lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test: models
 
 bench: models
 	$(BIN)/voicebot bench
+
+# N calls at a time (server.max_calls) for 10 minutes, hostile sockets mixed in; checks records and resources.
+soak: models
+	$(BIN)/python -m telephony.soak --minutes 10
 
 lint: install
 	$(BIN)/ruff check .

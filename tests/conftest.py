@@ -10,9 +10,9 @@ import dataclasses
 import os
 
 import pytest
-from fake_twilio import FakeTwilio
 from server_harness import AC, AUTH
 
+from telephony.fake_twilio import FakeTwilio
 from voicebot.config import Settings, load_settings
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from fake_twilio import FakeTwilio
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from telephony.fake_twilio import FakeTwilio
 from telephony.server import VoiceServer
 from telephony.simulator import Endpoint, SimulatedCall, fetch_twiml, simulate_call, stream_target
 from voicebot.config import ServerSettings, Settings

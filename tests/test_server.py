@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_twilio import FakeTwilio
 from sample_calls import SAMPLE_CALLS, check_record
 from server_harness import (
     AC,
@@ -42,6 +41,7 @@ from server_harness import (
 from websockets.exceptions import InvalidStatus
 
 from telephony.call_control import CallControl
+from telephony.fake_twilio import FakeTwilio
 from telephony.metrics import ServerMetrics
 from telephony.protocol import Play, TwilioStreamWriter, parse_outbound
 from telephony.security import DIAL_PATH

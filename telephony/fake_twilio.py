@@ -1,4 +1,4 @@
-"""A local stand-in for Twilio's REST Calls endpoint, for the real twilio client to talk to in tests.
+"""A local stand-in for Twilio's REST Calls endpoint, for the real twilio client to talk to in tests and the soak.
 
 It answers `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json` like Twilio: HTTP basic auth with
 the account SID and auth token (401 otherwise), 404 for calls listed as `gone` (the caller already hung up),

@@ -725,7 +725,7 @@ def run(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("twilio.http_client").setLevel(logging.WARNING)  # it logs every request at INFO
     check_exposure(settings.server)
-    agent = build_agent(settings)  # the knowledge base and store named by dialog.kb_path and store.url
+    agent = build_agent(settings, spool=True)  # the KB and store named by dialog.kb_path and store.url
     try:
         if closed := agent.store.close_abandoned_calls():
             log.warning("closed %d call(s) a voicebot left open when it stopped mid-call (interrupted)", len(closed))

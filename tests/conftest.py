@@ -63,7 +63,7 @@ def loaded_agent(settings, tmp_path_factory):
     """The whole voice agent on the sample KB, warmed, with its own store: loaded once for the whole session."""
     from voicebot.agent import build_agent
 
-    agent = build_agent(settings, store_url=str(tmp_path_factory.mktemp("voice") / "calls.db"))
+    agent = build_agent(settings, store_url=str(tmp_path_factory.mktemp("voice") / "calls.db"), spool=True)
     yield agent
     agent.close()
 

@@ -141,16 +141,20 @@ def build_agent(
     *,
     warm: bool = True,
     progress: bool = False,
+    spool: bool = False,
 ) -> VoiceAgent:
     """Everything a call needs, loaded (and warmed): the one entry point for serve, mic, replay and bench.
 
-    `kb_path` defaults to `dialog.kb_path`, then the sample KB; `store_url` to `store.url`.
+    `kb_path` defaults to `dialog.kb_path`, then the sample KB; `store_url` to `store.url`. `spool`: writes the
+    store refuses are kept on disk (`store.spool_path`) for a later process, as `serve` needs; without it they
+    wait in memory, so `replay` or `bench` may run beside a `serve` on the same database.
     """
     from voicebot.kb import SAMPLE_KB
     from voicebot.store import open_store
 
     store = open_store(store_url or settings.store.url, redact_digits=settings.store.redact_digits)
-    records = RecordWriter(store, store.spool_path)  # a spool an earlier process left is written back first
+    # A spool an earlier process left is written back first.
+    records = RecordWriter(store, (settings.store.spool_path or store.spool_path) if spool else None)
     dialog = DialogEngine.load(
         settings, kb_path=kb_path or settings.dialog.kb_path or SAMPLE_KB, store=records, progress=progress
     )

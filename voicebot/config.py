@@ -120,6 +120,9 @@ class StoreSettings:
     # "[redacted]" in transcripts and ticket summaries; 0 stores them as heard. 8 keeps prices, years, dates,
     # order numbers up to 7 digits and ticket ids (why: voicebot/redaction.py); 1 to 6 would eat those, refused.
     redact_digits: int = 8
+    # Where `voicebot serve` keeps the writes the store refused until it takes them (unset: beside the database
+    # file, `<db>.spool`). One process per spool: give each worker on a shared database its own.
+    spool_path: Path | None = None
 
     def __setattr__(self, name: str, value: typing.Any) -> None:
         """A bad redact_digits is refused where the config file or environment sets it, not at the first call."""

@@ -54,7 +54,7 @@ from voicebot.session import (
     TransferDone,
     Withdraw,
 )
-from voicebot.store import StoreError
+from voicebot.store import StoreError, speak_ticket_id
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class CallRunner:
                 if sentence is None or job.cancelled.is_set():
                     break
                 job.stage = Stage.TTS
-                pcm, tts_ms = self.agent.speech.sentence(sentence, store=reply.route is not Route.LLM)
+                pcm, tts_ms = self.agent.speech.sentence(sentence, store=self._reusable(reply, sentence))
                 if job.cancelled.is_set():
                     break
                 self._post(SentenceReady(action.job, sentence, pcm, tts_ms, self.clock()))
@@ -290,6 +290,12 @@ class CallRunner:
                 self.clock(),
             )
         )
+
+    @staticmethod
+    def _reusable(reply: Reply, sentence: str) -> bool:
+        """Worth keeping in the speech cache: not an LLM's words, nor the sentence with a new ticket's id (each one
+        is said once, and thousands would fill the cache)."""
+        return reply.route is not Route.LLM and not (reply.ticket_id and speak_ticket_id(reply.ticket_id) in sentence)
 
     def _withdraw(self, job_id: int) -> None:
         """Cancel the reply's work and, once its job has stopped, undo what its decision did."""

@@ -64,9 +64,9 @@ class _Op(ABC):
     @abstractmethod
     def apply(self, store: Store) -> None: ...
 
-    @abstractmethod
     def fields(self) -> dict[str, object]:
-        """What the spool keeps of it, besides its kind and seq."""
+        """What the spool keeps of it, besides its kind and seq: its constructor's fields, unless told otherwise."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init and f.name != "seq"}
 
     @abstractmethod
     def describe(self) -> str:
@@ -133,14 +133,6 @@ class _RecordGreeting(_Op):
     def apply(self, store: Store) -> None:
         store.record_greeting(self.call_id, self.spoken_text, self.interrupted, self.latency_ms)
 
-    def fields(self) -> dict[str, object]:
-        return {
-            "call_id": self.call_id,
-            "spoken_text": self.spoken_text,
-            "interrupted": self.interrupted,
-            "latency_ms": self.latency_ms,
-        }
-
     def describe(self) -> str:
         return f"the greeting of call {self.call_id}"
 
@@ -154,9 +146,6 @@ class _EndCall(_Op):
     def apply(self, store: Store) -> None:
         store.end_call(self.call_id, self.handoff_reason)
 
-    def fields(self) -> dict[str, object]:
-        return {"call_id": self.call_id, "handoff_reason": self.handoff_reason}
-
     def describe(self) -> str:
         return f"the end of call {self.call_id}"
 
@@ -168,9 +157,6 @@ class _WithdrawTicket(_Op):
 
     def apply(self, store: Store) -> None:
         store.withdraw_ticket(self.ticket_id)
-
-    def fields(self) -> dict[str, object]:
-        return {"ticket_id": self.ticket_id}
 
     def describe(self) -> str:
         return f"the withdrawal of ticket {self.ticket_id}"
@@ -203,15 +189,6 @@ class _CreateTicket(_Op):
     def apply(self, store: Store) -> None:
         """The spooled copy's write, under the id its caller heard (a live ticket lets the store choose)."""
         store.create_ticket(self.call_id, self.caller, self.category, self.summary, ticket_id=self.ticket_id)
-
-    def fields(self) -> dict[str, object]:
-        return {
-            "call_id": self.call_id,
-            "caller": self.caller,
-            "category": self.category,
-            "summary": self.summary,
-            "ticket_id": self.ticket_id,
-        }
 
     def describe(self) -> str:
         return f"ticket {self.ticket_id or '(new)'} of call {self.call_id}"

@@ -17,12 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from store_checks import written_back
 
+from voicebot import call_runner
+from voicebot.call_runner import CallFlooded, CallRunner
 from voicebot.kb import Company
 from voicebot.prompts import line_texts
 from voicebot.replay import ReplayResult, phone_audio, replay_call
 from voicebot.routes import Line
-from voicebot.store import StoreError, speak_ticket_id
+from voicebot.session import AudioIn
+from voicebot.store import StoreError, new_call_id, speak_ticket_id
 from voicebot.tts import split_sentences
 
 CALLS = Path(__file__).resolve().parents[1] / "samples" / "calls"
@@ -191,15 +195,6 @@ def store_down(agent, monkeypatch) -> None:
         monkeypatch.setattr(agent.store, method, raising(StoreError("store calls.db: database is locked")))
 
 
-def written_back(agent, call_id: str) -> dict:
-    """The call's record once the spool has been written to the store (the writer retries every few seconds)."""
-    deadline = time.monotonic() + 30
-    while agent.records.spooled and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert agent.records.flush(10) and agent.records.spooled == 0, "the spool was never written back"
-    return agent.store.get_call(call_id)
-
-
 def test_a_store_that_cannot_record_leaves_the_call_going_and_loses_nothing(agent, returns_question, monkeypatch):
     store_down(agent, monkeypatch)
     result = replay(agent, returns_question)
@@ -222,6 +217,23 @@ def test_a_ticket_opened_while_the_store_is_down_is_read_out_and_stored_once_it_
     (ticket_id,) = record["tickets"]
     assert turn["route"] == "ticket" and speak_ticket_id(ticket_id) in turn["reply_text"], "the id the caller heard"
     assert agent.store.get_ticket(ticket_id).call_id == result.call_id
+
+
+def test_a_transport_that_floods_the_call_is_made_to_wait_then_dropped(agent, monkeypatch):
+    """Events past MAX_QUEUED wait for the call to catch up; a stream that keeps the queue full is dropped."""
+    monkeypatch.setattr(call_runner, "FLOOD_WAIT_S", 0.2)
+    session, conversation = agent.open_call(new_call_id("replay"), None, "replay")
+    runner = CallRunner(agent, session, conversation, transport=None)  # not running: nothing takes the events
+    frame = AudioIn(np.zeros(160, np.int16), 0.0)
+
+    async def flood() -> None:
+        for _ in range(call_runner.MAX_QUEUED):
+            await asyncio.wait_for(runner.feed(frame), 0.1)  # room: queued at once
+        with pytest.raises(CallFlooded):
+            await runner.feed(frame)
+
+    asyncio.run(flood())
+    conversation.end()
 
 
 def test_the_lines_are_the_companys():

@@ -401,7 +401,7 @@ def test_three_concurrent_calls_stay_isolated(settings, agent, fake_twilio):
             *(place_call(server, wav, caller=caller) for wav, caller in zip(wavs, callers, strict=True))
         )
         await until_idle(server)  # a caller hangs up with `stop` and leaves: the server ends the call after
-        store = agent.dialog.store
+        store = agent.store
         records = [store.get_call(call.call_sid) for call in calls]
         for wav, call, record in zip(wavs, calls, records, strict=True):
             assert_expected(call, record, json.loads(wav.with_suffix(".json").read_text())["expect"], fake_twilio)

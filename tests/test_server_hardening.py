@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
+import sqlite3
 import time
 
 import aiohttp
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from sample_calls import SAMPLE_CALLS
 from server_harness import (
     AC,
     PUBLIC,
@@ -21,12 +24,14 @@ from server_harness import (
     http,
     media_socket,
     metric,
+    place_call,
     run_server,
     signed,
     token_for,
     until_idle,
     webhook_form,
 )
+from store_checks import written_back
 from websockets.exceptions import InvalidStatus
 
 from telephony.protocol import Play, TwilioStreamWriter, parse_outbound
@@ -302,3 +307,30 @@ def test_metrics_and_health_can_listen_on_an_internal_address_only(settings, age
             assert json.loads(text)["status"] == "ok"
 
     run_server(settings, agent, fake_twilio, scenario, metrics_port=0)
+
+
+def test_a_locked_database_delays_the_records_not_the_call_and_no_caller_words_are_logged(
+    settings, agent, fake_twilio, caplog
+):
+    """Another process holds the store's write lock for the whole call (longer than the store waits): the call
+    is answered as usual, its records wait in the spool and land once the lock is gone. At INFO, the logs carry
+    nothing the caller said."""
+    wav = next(c for c in SAMPLE_CALLS if c.stem == "faq_returns")
+
+    async def scenario(server: VoiceServer) -> None:
+        other = sqlite3.connect(agent.store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            call = await place_call(server, wav)
+            await until_idle(server)
+            assert await asyncio.to_thread(agent.store.get_call, call.call_sid) is None, "nothing written yet"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        record = await asyncio.to_thread(written_back, agent, call.call_sid)
+        assert [(t["route"], t["failed_stage"]) for t in record["turns"]] == [("faq", None)]
+        words = {w for t in record["turns"] for w in t["caller_text"].lower().split() if len(w) > 4}
+        assert words and not any(w in caplog.text.lower() for w in words), "caller speech in the INFO logs"
+
+    with caplog.at_level(logging.INFO):
+        run_server(settings, agent, fake_twilio, scenario)

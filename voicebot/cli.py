@@ -538,6 +538,7 @@ def print_call(call: dict) -> None:
     extras = [
         f"tickets: {', '.join(call['tickets'])}" if call.get("tickets") else "",
         f"hand-off: {call['handoff']}" if call.get("handoff") else "",
+        "interrupted: voicebot stopped mid-call" if call.get("interrupted") else "",
     ]
     print(f"call {call['call_id']}" + "".join(f"; {e}" for e in extras if e))
 

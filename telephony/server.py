@@ -307,6 +307,7 @@ class VoiceServer:
                 compression=None,
                 max_size=MAX_MESSAGE_CHARS,
                 max_queue=16,  # frames buffered per socket before the reader is made to wait
+                close_timeout=2,  # a peer that floods never reads our close: its socket goes 2 s later, not 10
             )
         self.media_port = self._media.sockets[0].getsockname()[1]
         if not self.server.public_url:  # local URLs name the ports actually bound
@@ -667,9 +668,12 @@ class VoiceServer:
         budget: LogBudget,
     ) -> StreamEnd:
         """Feed the stream into the call until `stop`, disconnection or silence from Twilio (which sends 50
-        frames a second while a call is up); a protocol fault or a flood is raised."""
+        frames a second while a call is up); a protocol fault is raised, and so is a flood: audio arriving more
+        than server.max_media_ahead_s ahead of real time (Twilio streams in real time; backlog after a network
+        stall arrives late, never early)."""
         loop = asyncio.get_running_loop()
-        idle_s = self.server.idle_timeout_s
+        idle_s, ahead_s = self.server.idle_timeout_s, self.server.max_media_ahead_s
+        started, audio_s = loop.time(), 0.0
         try:
             async with asyncio.timeout(idle_s) as idle:
                 async for message in ws:
@@ -678,6 +682,9 @@ class VoiceServer:
                     now = time.monotonic()
                     match event:
                         case Media():
+                            audio_s += len(event.payload) / (BYTES_PER_MS * 1000)
+                            if audio_s > loop.time() - started + ahead_s:
+                                raise CallFlooded(f"{audio_s:.1f} s of audio in {loop.time() - started:.1f} s")
                             await runner.feed(AudioIn(ulaw_decode(event.payload), now))
                             transport.media_time(event.timestamp_ms)
                         case Dtmf():

@@ -339,7 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP address")
     parser.add_argument("--public-url", default="", help="the server's server.public_url, if set")
     parser.add_argument("--media-url", default="", help="connect the stream here instead of the TwiML's URL")
-    parser.add_argument("--speed", type=float, default=1.0, help="1 is real time (default), 2 twice as fast")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="1 is real time (default), 2 twice as fast (a server closes a stream more than "
+        "server.max_media_ahead_s ahead of real time: raise that setting for fast calls)",
+    )
     parser.add_argument("--heard", type=Path, help="write what the caller heard to this WAV")
     args = parser.parse_args(argv)
     endpoint = Endpoint(args.url, args.public_url, args.media_url, os.environ.get("TWILIO_AUTH_TOKEN", ""))

@@ -4,6 +4,7 @@ never takes another call with it. A real server on 127.0.0.1 with the real agent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -32,7 +33,7 @@ from server_harness import (
     webhook_form,
 )
 from store_checks import written_back
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from telephony.protocol import Play, TwilioStreamWriter, parse_outbound
 from telephony.server import VoiceServer
@@ -172,6 +173,23 @@ def test_a_stream_that_goes_quiet_is_ended_after_the_idle_timeout(settings, agen
         assert record["ended_at"] is not None
 
     run_server(settings, agent, fake_twilio, scenario, idle_timeout_s=0.5)
+
+
+def test_a_stream_sending_audio_faster_than_real_time_is_closed_as_a_flood(settings, agent, fake_twilio):
+    async def scenario(server: VoiceServer) -> None:
+        call_sid, writer = new_call()
+        token = await token_for(server, call_sid)
+        async with media_socket(server) as ws:
+            await ws.send(writer.start({"token": token}))
+            with contextlib.suppress(ConnectionClosed):  # the server may close while the flood is still going out
+                for i in range(500):  # 10 s of audio, as fast as the socket takes it
+                    await ws.send(writer.media(b"\xff" * 160, i * 20))
+            assert await closed_with(ws) == 1008
+        await until_idle(server)
+        assert await metric(server, 'voicebot_calls_ended_total{how="flood"}') == 1
+        await serves_a_call(server)
+
+    run_server(settings, agent, fake_twilio, scenario, max_media_ahead_s=1.0)
 
 
 # ---------------------------------------------------------------- faults of ours

@@ -153,6 +153,9 @@ class ServerSettings:
     # stops holding a place against max_calls.
     stream_token_ttl_s: float = 10.0
     idle_timeout_s: float = 10.0  # a live stream that sends nothing this long is over (Twilio sends 50 frames/s)
+    # A stream whose audio runs this far ahead of real time is a flood, and is closed (the simulator's --speed
+    # above 1 needs it raised).
+    max_media_ahead_s: float = 3.0
     max_pending_sockets: int = 16  # media sockets open but not yet authenticated by their token, in all
     max_pending_per_source: int = 4  # ... and from one address
     # /metrics and /healthz on their own address (e.g. 127.0.0.1:9100), off the public port; unset: on server.port.

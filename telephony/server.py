@@ -66,6 +66,7 @@ from voicebot.agent import VoiceAgent
 from voicebot.audio import ulaw_decode, ulaw_encode
 from voicebot.call_runner import CallFlooded, CallRunner
 from voicebot.config import ConfigError, Settings
+from voicebot.heap import HeapTrimmer
 from voicebot.session import AudioIn, CallerHungUp, CallStarted, DtmfIn, MarkEchoed
 from voicebot.store import StoreError, mask_number
 
@@ -270,6 +271,8 @@ class VoiceServer:
         self._force = asyncio.Event()  # a second signal: stop waiting for live calls
         self._refusals = LogBudget()  # refused upgrades: logged, but never a line per attacker's request
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="store-read")  # never the loop's thread
+        self._heap = HeapTrimmer()
+        self._trimming: asyncio.Future[float | None] | None = None  # at most one trim at a time
         # Checked once at start-up: a hand-off with nowhere to go would say "I'll put you through" and drop the
         # caller. Without one, callers who ask for a person hear that nobody can be reached and get a ticket.
         self.no_hand_off = self.control.cannot_transfer(self.server.human_number)
@@ -385,6 +388,8 @@ class VoiceServer:
         if not await asyncio.to_thread(self.agent.records.flush, CLOSE_GRACE_S):
             log.error("shutdown: call records not yet written are kept in the spool, for the next start")
         self._readers.shutdown(wait=False, cancel_futures=True)
+        if self._trimming is not None:
+            await asyncio.wait({self._trimming})
         self.control.close()
         log.info("server stopped")
 
@@ -622,7 +627,14 @@ class VoiceServer:
             self._changed.set()
         if how is not StreamEnd.SHUTDOWN:
             self.metrics.call_ended(how)
+        self._release_memory()
         await self._close(ws, call_sid, how, error, reason, budget)
+
+    def _release_memory(self) -> None:
+        """Give the memory the ended call freed back to the OS, off the loop (a few ms; see voicebot.heap); a
+        call that ends while a trim runs is covered by the next."""
+        if self._heap.available and (self._trimming is None or self._trimming.done()):
+            self._trimming = asyncio.ensure_future(asyncio.to_thread(self._heap.trim))
 
     async def _close(
         self,

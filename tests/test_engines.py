@@ -8,6 +8,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from voicebot.llm import Message
+from voicebot.stt import encoder_window
 
 
 def test_piper_speaks_at_the_voice_sample_rate(synthesizer, settings):
@@ -58,6 +59,19 @@ def test_whisper_transcribes_a_short_utterance(synthesizer, transcriber):
     assert transcript.usable, transcript.rejected
     words = transcript.text.lower()
     assert "return" in words and "order" in words
+
+
+def test_the_encoder_window_is_twice_the_turn_in_whole_seconds():
+    assert encoder_window(150, 800) == 800  # a 1.5 s turn: the short window
+    assert encoder_window(401, 800) == 900  # 4.01 s: twice is 802 frames, rounded up to 9 s
+    assert encoder_window(1450, 800) == 2900
+    # Every turn from 0.1 s to 15 s runs in one of 23 windows, whole seconds from 8 to 30 s (a new shape costs
+    # CTranslate2 about 1.5 MiB for good), each at least twice the turn.
+    windows = {frames: encoder_window(frames, 800) for frames in range(10, 1501)}
+    assert set(windows.values()) == set(range(800, 3001, 100))
+    assert all(window >= 2 * frames for frames, window in windows.items())
+    assert encoder_window(1501, 800) is None  # over 15 s: the full 30 s path
+    assert encoder_window(100, 3000) is None  # short windows turned off
 
 
 def test_whisper_invents_nothing_on_silence_or_hum(transcriber):

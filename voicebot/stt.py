@@ -6,7 +6,11 @@ much as a 30 s one (~1 s on 2 cores). A caller's turn is short, so by default th
 by five espeak-ng and flite voices at 8 kHz with line noise: word error rate 0.164 at 256 ms (median) with a
 10 s window, 0.153 at 219 ms with 8 s, 0.156 with 5 s, but 0.437 with 4 s, and earlier 0.23 at 1.43 s with the
 full 30 s. Windows just longer than the audio break recognition, hence the floor with its margin. Turns longer
-than 15 s use the full path.
+than 15 s use the full path. Windows are whole seconds: CTranslate2 keeps about 1.5 MiB of workspace for every
+input shape it has run, so windows sized to the 10 ms frame grew a long-running server with each new turn length
+(measured: +67 MiB over 40 lengths of 4-13 s, flat on a second pass; a 10-minute soak at 4 callers grew 120 MiB).
+Rounding up to the second bounds that at 23 shapes and costs at most one second more of encoder input on turns
+over 4 s.
 
 A KB's own words can be given as `SttOptions.vocabulary`: `voicebot.vocabulary.kb_vocabulary` writes them as the
 opening of a call to the company that names its brands, products and acronyms, and Whisper reads that as the
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16_000
 MAX_NEW_TOKENS = 156  # a short turn's transcript is far shorter; the cap only stops a runaway repetition loop
 MAX_VOCABULARY_TOKENS = 223  # Whisper's limit for previous text: half its 448-token context, less one
+FULL_WINDOW = 3000  # Whisper's 30 s, in 10 ms frames
+WINDOW_STEP = 100  # encoder windows in whole seconds: a bounded set of shapes, see above
 SILENCE_PHRASES = frozenset(
     {
         "",
@@ -89,6 +95,15 @@ class Transcript:
     @property
     def usable(self) -> bool:
         return self.rejected is None and bool(self.text)
+
+
+def encoder_window(frames: int, short_window_frames: int) -> int | None:
+    """The encoder window for `frames` of features (10 ms each): at least `short_window_frames` and twice the audio,
+    rounded up to a whole second; None when that is Whisper's full 30 s anyway (the long path)."""
+    if frames * 2 > FULL_WINDOW or short_window_frames >= FULL_WINDOW:
+        return None
+    window = max(short_window_frames, 2 * frames)
+    return -(-window // WINDOW_STEP) * WINDOW_STEP
 
 
 def _looping(text: str) -> bool:
@@ -140,11 +155,9 @@ class WhisperTranscriber:
         if rms < self.options.min_rms:
             return Transcript("", 1.0, 0.0, rejected=f"audio too quiet (rms {rms:.4f})")
         features = self._model.feature_extractor(audio)
-        frames = features.shape[1]
-        if frames * 2 <= 3000 and self.options.short_window_frames < 3000:
-            text, no_speech, logprob = self._transcribe_short(
-                features, max(self.options.short_window_frames, 2 * frames)
-            )
+        window = encoder_window(features.shape[1], self.options.short_window_frames)
+        if window is not None:
+            text, no_speech, logprob = self._transcribe_short(features, window)
         else:
             text, no_speech, logprob = self._transcribe_long(audio)
         rejected = None

@@ -44,6 +44,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -129,16 +130,18 @@ EXPECTED: dict[Hostile, tuple[str, float]] = {
 @dataclass(frozen=True)
 class Tolerances:
     """How far each resource may be above its baseline after the soak. Files and tasks must come back (a little
-    slack for a connection in the REST client's pool); thread pools grow lazily up to their size; RSS: see
+    slack for a connection in the REST client's pool); threads: the loop's default pool starts full (see
+    `_full_default_executor`), the server's store readers (2) and REST pool grow lazily up to their size; RSS: see
     `rss_mib`."""
 
     fds: int = 4
     tasks: int = 2
     threads: int = 4
-    # Measured over 1-minute soaks of 2 callers (2 cores, embedded models, after the warm-up round): +12 and +32 MiB,
-    # in steps as a path runs for the first time (an LLM answer, a new Whisper input length), not per call. A call
-    # carries 2-3 MiB of audio (caller 8 and 16 kHz, the bot's replies), so keeping one call's audio per call would
-    # add 200-300 MiB over the ~100 calls of 10 minutes at 4 callers: 4x the largest step measured stays well under.
+    # Measured on 10-minute soaks at 4 callers (2 cores, embedded models, after the warm-up round): +202 MiB while
+    # freed memory stayed in malloc's arenas and every new turn length left Whisper's encoder a new workspace;
+    # +97 and +120 MiB since the server trims the heap after each call and the windows are whole seconds, most of
+    # it in the first half (bounded caches filling: 23 encoder windows, the embedder's and decoder's shapes). A
+    # call carries 2-3 MiB of audio, so keeping one call's audio per call would add 250-350 MiB over the ~120 calls.
     rss_mib: float = 128.0
 
 
@@ -711,7 +714,21 @@ def run_soak(
     return report
 
 
+def _full_default_executor(loop: asyncio.AbstractEventLoop) -> None:
+    """Give `loop` the default thread pool asyncio would create, with all its threads already started. The pool
+    runs each call's speech, LLM and heap-trim jobs and grows one thread at a time, whenever a job finds none idle;
+    started full, its growth during the soak is not mistaken for a leak."""
+    workers = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default (concurrent.futures' formula)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="asyncio")
+    all_started = threading.Barrier(workers + 1)
+    for _ in range(workers):
+        pool.submit(all_started.wait, 10.0)
+    all_started.wait(10.0)
+    loop.set_default_executor(pool)
+
+
 async def _main(settings: Settings, agent: VoiceAgent, report: SoakReport, errors: _ErrorLog) -> None:
+    _full_default_executor(asyncio.get_running_loop())
     wavs = sample_calls()
     mix = Mix(report.seed, wavs)
     with FakeTwilio(ACCOUNT_SID, secrets.token_hex(16)) as fake, PhoneNetwork() as phone:

@@ -14,7 +14,7 @@ AVX512 := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo ON || echo 
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$(AVX512)
 PROFILE ?= embedded
 
-.PHONY: install models demo test bench soak lint clean
+.PHONY: install models demo test test-full eval bench soak lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ demo: models
 
 test: models
 	$(BIN)/pytest -q
+
+# The suite with the cases it leaves out to stay short: all six businesses' KB evaluations (it runs three) and
+# every sample call through the real server in real time (it runs nine; all run lock-step in test_voice_calls).
+test-full: models
+	$(BIN)/pytest -q --full
+
+# Routing, replies and tickets on all six businesses' knowledge bases; prints each KB's confusion table and misses.
+eval: models
+	$(BIN)/pytest -q -s --full tests/test_evaluation.py
 
 bench: models
 	$(BIN)/voicebot bench

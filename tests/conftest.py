@@ -96,7 +96,19 @@ def fake_twilio():
 MODEL_FIXTURES = frozenset({"embedder", "llm", "transcriber", "synthesizer", "vad", "loaded_agent"})
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="also run the cases the suite leaves out to stay short (make test-full): the other knowledge bases' "
+        "evaluations and the other sample calls through the real server",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    full = config.getoption("--full")
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.models)
+        if not full and item.get_closest_marker("full"):
+            item.add_marker(pytest.mark.skip(reason="left to `make test-full` (pytest --full)"))

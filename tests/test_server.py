@@ -360,7 +360,25 @@ def test_shutdown_with_a_live_call(settings, agent, fake_twilio):
 # ---------------------------------------------------------------- calls end to end
 
 
-@pytest.mark.parametrize("wav", CALLS, ids=[c.stem for c in CALLS])
+# Through the real server in real time: one call for each thing the telephony layer carries (a KB answer, an LLM
+# stream, a ticket, a transfer, DTMF, a clear, a pause without one, a withdrawn reply, several turns). The others
+# only vary what the caller says and how (all run lock-step in test_voice_calls); `make test-full` runs them here.
+SERVER_CALLS = {
+    "faq_returns",
+    "llm_grounded",
+    "complaint_ticket",
+    "human_request",
+    "dtmf_zero",
+    "barge_in_answer",
+    "backchannels",
+    "continuation",
+    "multi_turn",
+}
+
+
+@pytest.mark.parametrize(
+    "wav", [pytest.param(c, id=c.stem, marks=() if c.stem in SERVER_CALLS else pytest.mark.full) for c in CALLS]
+)
 def test_sample_call_end_to_end(settings, agent, fake_twilio, wav, tmp_path):
     sidecar = json.loads(wav.with_suffix(".json").read_text())
     expect = sidecar["expect"]

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+from postgres_server import PostgresServer, server_programs
 from server_harness import AC, AUTH
 
 from telephony.fake_twilio import FakeTwilio
@@ -84,6 +88,31 @@ def patient_agent(settings, loaded_agent):
     late = 20_000
     voice = dataclasses.replace(settings.voice, stt_deadline_ms=late, reply_deadline_ms=late, reply_stall_ms=late)
     return VoiceAgent.sharing(loaded_agent, dataclasses.replace(settings, voice=voice))
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of the session's own (see postgres_server.py); skipped where none is installed."""
+    programs = server_programs()
+    if programs is None:
+        pytest.skip("PostgreSQL's server programs are not installed (.ci/run installs Debian's postgresql)")
+    # Not under pytest's own temporary folder: that is private to this user, and the server may run as another.
+    folder = Path(tempfile.mkdtemp(prefix="voicebot-postgres-"))
+    server = PostgresServer(folder, programs)
+    try:
+        server.start()
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """An empty store of each kind: a SQLite file, and a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/calls.db"
+    return request.getfixturevalue("postgres_server").new_database()
 
 
 @pytest.fixture

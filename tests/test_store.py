@@ -25,6 +25,7 @@ from voicebot.store import (
     TicketIdConflict,
     TurnRecord,
     mask_number,
+    mask_url,
     new_call_id,
     new_ticket_id,
     open_store,
@@ -80,8 +81,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_call_turns_and_tickets_round_trip(tmp_path):
-    with open_store(f"sqlite:///{tmp_path}/calls.db") as store:
+def test_call_turns_and_tickets_round_trip(store_url):
+    with open_store(store_url) as store:
         call_id = record_call(store)
         [ticket] = store.tickets_for_call(call_id)
         assert (ticket.call_id, ticket.caller, ticket.category, ticket.status) == (call_id, CALLER, "damaged", "open")
@@ -104,8 +105,8 @@ def test_call_turns_and_tickets_round_trip(tmp_path):
         assert listed["caller"] == "+1555***0199"
 
 
-def test_get_call_has_the_documented_json_shape(tmp_path):
-    with open_store(str(tmp_path / "calls.db")) as store:
+def test_get_call_has_the_documented_json_shape(store_url):
+    with open_store(store_url) as store:
         call_id = record_call(store)
         call = store.get_call(call_id)
         ticket_id = store.tickets_for_call(call_id)[0].id
@@ -134,8 +135,8 @@ def test_get_call_has_the_documented_json_shape(tmp_path):
     assert call["turns"][1]["latency_ms"]["llm_first_token"] == 212.5
 
 
-def test_end_call_twice_keeps_the_first_end_and_reason(tmp_path):
-    with open_store(str(tmp_path / "calls.db")) as store:
+def test_end_call_twice_keeps_the_first_end_and_reason(store_url):
+    with open_store(store_url) as store:
         call_id = record_call(store)
         first = store.get_call(call_id)
         store.end_call(call_id)  # e.g. the socket-closed cleanup after a transfer already ended it
@@ -143,8 +144,8 @@ def test_end_call_twice_keeps_the_first_end_and_reason(tmp_path):
     assert (again["ended_at"], again["handoff"]) == (first["ended_at"], "caller asked for a human")
 
 
-def test_unknown_call_channel_and_route_are_refused(tmp_path):
-    with open_store(str(tmp_path / "calls.db")) as store:
+def test_unknown_call_channel_and_route_are_refused(store_url):
+    with open_store(store_url) as store:
         with pytest.raises(ValueError, match=r"CAnever.*start_call"):
             store.record_turn("CAnever", FAQ_TURN)
         with pytest.raises(ValueError, match="CAnever"):
@@ -355,14 +356,6 @@ def test_a_lock_held_too_long_gives_a_store_error(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("url", ["postgresql://voicebot:s3cret@db.internal/voicebot", "postgres://db/voicebot"])
-def test_postgres_url_says_it_is_not_built_yet(url):
-    with pytest.raises(StoreError, match="PostgreSQL support is not built yet") as err:
-        open_store(url)
-    assert "sqlite:///" in str(err.value)
-    assert "s3cret" not in str(err.value)
-
-
 def test_other_schemes_name_the_url_masked_and_the_setting():
     with pytest.raises(StoreError) as err:
         open_store("mysql://root:hunter2@localhost/voicebot")
@@ -370,11 +363,18 @@ def test_other_schemes_name_the_url_masked_and_the_setting():
     assert "mysql://root:***@localhost/voicebot" in message
     assert "hunter2" not in message
     assert "store.url" in message and "VOICEBOT_STORE_URL" in message
+    assert "postgresql://" in message, "the schemes there are are named"
 
 
-def test_concurrent_writes_from_four_threads_all_land(tmp_path):
-    db = tmp_path / "calls.db"
-    store = open_store(str(db))
+def test_passwords_are_masked_in_the_user_part_and_as_a_parameter():
+    assert mask_url("postgresql://vb:s3cret@db:5432/calls") == "postgresql://vb:***@db:5432/calls"
+    masked = mask_url("postgresql://db/calls?sslmode=require&password=s3cret&user=vb")
+    assert masked == "postgresql://db/calls?sslmode=require&password=***&user=vb"
+    assert mask_url("sqlite:///var/voicebot.db") == "sqlite:///var/voicebot.db"
+
+
+def test_concurrent_writes_from_four_threads_all_land(store_url):
+    store = open_store(store_url)
     errors: list[BaseException] = []
     tickets: list[str] = []
 
@@ -398,7 +398,7 @@ def test_concurrent_writes_from_four_threads_all_land(tmp_path):
     store.close()
 
     assert errors == []
-    with open_store(str(db)) as reopened:
+    with open_store(store_url) as reopened:
         calls = reopened.list_calls()
         assert len(calls) == 4
         assert all(c["turn_count"] == 25 and c["ended_at"] for c in calls)
@@ -413,16 +413,15 @@ def test_commits_are_durable_before_they_return(tmp_path):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2, "FULL: the WAL is fsync'd at each commit"
 
 
-def test_create_ticket_with_a_given_id_is_idempotent_and_refuses_another_calls_id(tmp_path):
-    db = tmp_path / "calls.db"
+def test_create_ticket_with_a_given_id_is_idempotent_and_refuses_another_calls_id(store_url):
     ticket_id = new_ticket_id()
-    with open_store(str(db)) as store:
+    with open_store(store_url) as store:
         store.start_call("CA1", CALLER, "twilio")
         store.start_call("CA2", CALLER, "twilio")
         ticket = store.create_ticket("CA1", CALLER, "damaged", "Parcel arrived broken", ticket_id=ticket_id)
         assert (ticket.id, ticket.call_id, ticket.summary) == (ticket_id, "CA1", "Parcel arrived broken")
 
-    with open_store(str(db)) as store:  # the spool replays it after a restart
+    with open_store(store_url) as store:  # the spool replays it after a restart
         replayed = store.create_ticket("CA1", CALLER, "other", "a later summary", ticket_id=ticket_id)
         assert replayed == ticket, "a replay returns the ticket as first stored"
         assert store.tickets_for_call("CA1") == [ticket]

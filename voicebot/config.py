@@ -115,13 +115,16 @@ class VoiceSettings:
 
 @dataclass
 class StoreSettings:
+    # sqlite:///path.db (one machine), or postgresql://user:password@host:port/database for several workers on
+    # one database (voicebot/store_postgres.py).
     url: str = "sqlite:///var/voicebot.db"
     # Runs of at least this many digits the caller says (card, account, IBAN and phone numbers) are stored as
     # "[redacted]" in transcripts and ticket summaries; 0 stores them as heard. 8 keeps prices, years, dates,
     # order numbers up to 7 digits and ticket ids (why: voicebot/redaction.py); 1 to 6 would eat those, refused.
     redact_digits: int = 8
-    # Where `voicebot serve` keeps the writes the store refused until it takes them (unset: beside the database
-    # file, `<db>.spool`). One process per spool: give each worker on a shared database its own.
+    # Where `voicebot serve` keeps the writes the store refused until it takes them (unset: beside a SQLite file,
+    # `<db>.spool`; for PostgreSQL, $XDG_STATE_HOME/voicebot/, one per database). One process per spool: give
+    # each worker on one machine its own.
     spool_path: Path | None = None
 
     def __setattr__(self, name: str, value: typing.Any) -> None:

@@ -1,8 +1,8 @@
 """Call records and tickets: every call leaves a record, every promise to call back leaves a ticket.
 
-SQLite is the default (one file, WAL so the CLI can read while `serve` writes); the `Store` interface is
-small so a PostgreSQL store can take a `postgresql://` URL later for several workers. The schema is
-versioned with `PRAGMA user_version` and only ever migrated forward.
+SQLite is the default (one file, WAL so the CLI can read while `serve` writes); a `postgresql://` URL gives
+several workers one database (voicebot.store_postgres). Both run the same queries (`SqlStore`) and the same
+migrations; SQLite versions its schema with `PRAGMA user_version`, and it is only ever migrated forward.
 
 Caller numbers are stored in full (a ticket may need a call back) and masked whenever they are shown; long
 numbers the caller says (card, account, phone numbers) are redacted from transcripts and ticket summaries
@@ -22,13 +22,13 @@ import socket
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from voicebot.redaction import DEFAULT_MIN_DIGITS, check_min_digits, redact_digits
@@ -268,18 +268,22 @@ def mask_number(number: str | None) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for error messages and logs."""
+    """The URL with any password replaced by ***, for error messages and logs: in the user part, or as a
+    `password=` parameter (libpq's form)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    if parts.password is None and query == parts.query:
+        return url  # (unsplitting would turn sqlite:/// into sqlite:/)
+    if parts.password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{host}")
+    return urlunsplit(parts._replace(query=query))
 
 
 def open_store(url: str, *, create: bool = True, redact_digits: int = DEFAULT_MIN_DIGITS) -> Store:
     """Open the store a URL names: `sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite:///:memory:`
-    or a bare file path. With `create=False` a missing database is an error instead of a new empty file
+    or a bare file path; `postgresql://user:password@host:port/database` for several workers on one database
+    (voicebot.store_postgres). With `create=False` a missing database is an error instead of a new empty file
     (the CLI's read-only commands use that, so a typo in `--db` doesn't look like an empty store).
     `redact_digits` is setting store.redact_digits: runs of that many digits the caller says are stored
     redacted (0: as heard)."""
@@ -298,13 +302,12 @@ def open_store(url: str, *, create: bool = True, redact_digits: int = DEFAULT_MI
         path = url[len("sqlite:///") :]
         return SqliteStore(None if path == ":memory:" else Path(path), create=create, redact_digits=redact_digits)
     if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
-        raise StoreError(
-            f"store URL {mask_url(url)!r}: PostgreSQL support is not built yet; use a sqlite URL such as "
-            f"sqlite:///var/voicebot.db ({SETTING_HINT})"
-        )
+        from voicebot.store_postgres import PostgresStore
+
+        return PostgresStore(url, create=create, redact_digits=redact_digits)
     raise StoreError(
-        f"store URL {mask_url(url)!r} has an unsupported scheme {scheme!r}; use sqlite:///path/to/file.db "
-        f"or a plain file path ({SETTING_HINT})"
+        f"store URL {mask_url(url)!r} has an unsupported scheme {scheme!r}; use sqlite:///path/to/file.db, "
+        f"postgresql://user:password@host/database or a plain file path ({SETTING_HINT})"
     )
 
 
@@ -372,132 +375,29 @@ _ADVICE = {
 }
 
 
-class SqliteStore(Store):
-    """The SQLite store: one connection shared behind a lock (writes are a few rows per turn), WAL journal
-    so other processes can read while a call is being written."""
+class SqlConnection(Protocol):
+    """What the shared queries need of a connection: sqlite3's, or the PostgreSQL store's adapter."""
 
-    def __init__(
-        self,
-        path: Path | None,
-        *,
-        create: bool = True,
-        timeout_s: float = 5.0,
-        redact_digits: int = DEFAULT_MIN_DIGITS,
-    ) -> None:
-        """`path=None` keeps the database in memory (tests, chat demos); `timeout_s` is how long a write
-        waits for another process's lock before it gives up with a StoreError; `redact_digits` is setting
-        store.redact_digits (see open_store)."""
-        self.path = path.absolute() if path is not None else None
-        self.timeout_s = timeout_s
-        self.redact_digits = check_min_digits(redact_digits, "redact_digits (setting store.redact_digits)")
-        self.owner = process_owner()  # this process, as the calls it starts name it
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        if self.path is not None:
-            if not create and not self.path.is_file():
-                raise StoreError(
-                    f"store {self.path} does not exist: no call has been recorded there yet, or the URL "
-                    f"points at the wrong file (--db, {SETTING_HINT})"
-                )
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(
-                    f"store {self.path}: cannot create its folder {self.path.parent} ({exc.strerror or exc}); "
-                    f"make it writable for this user or point {SETTING_HINT} elsewhere"
-                ) from exc
-        with self._guard("open it"):
-            self._conn = sqlite3.connect(
-                ":memory:" if self.path is None else str(self.path),
-                timeout=timeout_s,
-                isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
-                check_same_thread=False,  # shared between call threads, serialized by self._lock
-            )
-            try:
-                self._conn.execute("PRAGMA foreign_keys = ON")
-                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if self.path is not None and mode.lower() != "wal":
-                    raise StoreError(f"store {self.path}: SQLite refused WAL mode (journal mode is {mode!r})")
-                # FULL: each commit is on disk (the WAL fsync'd) before it returns, so a ticket id the caller
-                # hears survives a power cut; NORMAL could lose the last commits. On the 2-core dev machine a
-                # commit takes ~0.5 ms instead of ~0.15 (p99 ~6 ms, at checkpoints). fullfsync: on macOS fsync
-                # alone leaves the data in the drive's cache.
-                self._conn.execute("PRAGMA synchronous = FULL")
-                self._conn.execute("PRAGMA fullfsync = ON")
-                self._migrate()
-            except BaseException:
-                self.close()
-                raise
+    def execute(self, sql: str, parameters: Sequence[object] = ..., /) -> Any: ...
 
-    @property
-    def where(self) -> str:
-        """The database file as error messages name it."""
-        return str(self.path) if self.path is not None else ":memory:"
+    def executemany(self, sql: str, parameters: Iterable[Sequence[object]], /) -> Any: ...
 
-    @property
-    def spool_path(self) -> Path | None:
-        """Beside the database file (`calls.db.spool`): on the same disk, owned by the same user."""
-        return None if self.path is None else self.path.with_name(self.path.name + ".spool")
 
-    @contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
-        """Turn a sqlite3 error into a StoreError that names the file, what failed and what to do."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            name = getattr(exc, "sqlite_errorname", "")
-            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-                advice = (
-                    f"another process kept it locked for more than {self.timeout_s:g} s: look for a stuck "
-                    "voicebot or a tool holding it open, then retry"
-                )
-            elif name.startswith("SQLITE_IOERR"):
-                advice = "the disk or file system failed: check the disk, its free space and permissions"
-            else:
-                advice = _ADVICE.get(name, f"check the file, or point {SETTING_HINT} at another database")
-            raise StoreError(f"store {self.where}: cannot {action} ({exc}); {advice}") from exc
+class SqlStore(Store):
+    """The queries of both SQL stores. They are written once, in the SQL SQLite and PostgreSQL share: `?`
+    placeholders (the PostgreSQL store translates them), upserts with ON CONFLICT, and a `rowid` for insertion
+    order (SQLite's own; an explicit column in PostgreSQL). A subclass connects, migrates and runs transactions."""
 
-    @contextmanager
-    def _transaction(self, action: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One consistent transaction; writes take the write lock up front so they never deadlock."""
-        with self._lock, self._guard(action):
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:  # some errors (disk full, I/O) have rolled back already
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    redact_digits: int
+    owner: str  # this process, as the calls it starts name it
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"store {self.where} is closed; open it again with open_store()")
-        return self._conn
-
-    def _migrate(self) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")  # re-read the version under the lock: two workers may start at once
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self.where} has schema version {version}, newer than this voicebot knows "
-                    f"({SCHEMA_VERSION}): upgrade voicebot, or point {SETTING_HINT} at another database"
-                )
-            for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    @abstractmethod
+    def _transaction(self, action: str, *, write: bool = True) -> AbstractContextManager[SqlConnection]:
+        """One consistent transaction, committed when the block ends; a database error becomes a StoreError
+        that names the database, the `action` and what to do."""
 
     @staticmethod
-    def _require_call(conn: sqlite3.Connection, call_id: str) -> None:
+    def _require_call(conn: SqlConnection, call_id: str) -> None:
         if conn.execute("SELECT 1 FROM calls WHERE call_id = ?", (call_id,)).fetchone() is None:
             raise ValueError(f"call {call_id!r} was never started: call start_call() first")
 
@@ -521,8 +421,12 @@ class SqliteStore(Store):
         with self._transaction(f"record turn {turn.index} of call {call_id}") as conn:
             self._require_call(conn, call_id)
             conn.execute(
-                "INSERT OR REPLACE INTO turns (call_id, turn_index, caller_text, route, faq_id, reply_text, "
-                "interrupted, state, latency_ms, failed_stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO turns (call_id, turn_index, caller_text, route, faq_id, reply_text, interrupted, "
+                "state, latency_ms, failed_stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (call_id, turn_index) DO UPDATE SET caller_text = excluded.caller_text, "
+                "route = excluded.route, faq_id = excluded.faq_id, reply_text = excluded.reply_text, "
+                "interrupted = excluded.interrupted, state = excluded.state, latency_ms = excluded.latency_ms, "
+                "failed_stage = excluded.failed_stage",
                 (
                     call_id,
                     turn.index,
@@ -564,35 +468,34 @@ class SqliteStore(Store):
                 f"ticket id {ticket_id!r} for call {call_id} is not {TICKET_ID_LENGTH} characters of "
                 f"{TICKET_ALPHABET}: make ticket ids with new_ticket_id()"
             )
+        summary = redact_digits(summary, self.redact_digits)
         with self._transaction(f"create a ticket for call {call_id}") as conn:
             self._require_call(conn, call_id)
-            if ticket_id is None:
-                ticket_id = new_ticket_id()
-                while conn.execute("SELECT 1 FROM tickets WHERE id = ?", (ticket_id,)).fetchone():
-                    ticket_id = new_ticket_id()  # the write lock is held, so a free id stays free
-            elif row := conn.execute(
-                f"SELECT {self._TICKET_COLUMNS} FROM tickets WHERE id = ?", (ticket_id,)
-            ).fetchone():
-                existing = Ticket(*row)
-                if existing.call_id != call_id:
-                    raise TicketIdConflict(ticket_id, call_id, existing)
-                return existing  # a replay of a ticket already stored
-            summary = redact_digits(summary, self.redact_digits)
-            ticket = Ticket(ticket_id, call_id, caller, category, summary, "open", utc_now())
-            conn.execute(
-                "INSERT INTO tickets (id, call_id, caller, category, summary, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    ticket.id,
-                    ticket.call_id,
-                    ticket.caller,
-                    ticket.category,
-                    ticket.summary,
-                    ticket.status,
-                    ticket.created_at,
-                ),
-            )
-        return ticket
+            while True:
+                ticket = Ticket(ticket_id or new_ticket_id(), call_id, caller, category, summary, "open", utc_now())
+                # ON CONFLICT: an id taken meanwhile, even by another worker on the same database, is never
+                # overwritten; a drawn id is drawn again, a given one is a replay or a conflict.
+                inserted = conn.execute(
+                    "INSERT INTO tickets (id, call_id, caller, category, summary, status, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (
+                        ticket.id,
+                        ticket.call_id,
+                        ticket.caller,
+                        ticket.category,
+                        ticket.summary,
+                        ticket.status,
+                        ticket.created_at,
+                    ),
+                ).rowcount
+                if inserted:
+                    return ticket
+                if ticket_id is not None:
+                    row = conn.execute(f"SELECT {self._TICKET_COLUMNS} FROM tickets WHERE id = ?", (ticket_id,))
+                    existing = Ticket(*row.fetchone())
+                    if existing.call_id != call_id:
+                        raise TicketIdConflict(ticket_id, call_id, existing)
+                    return existing  # a replay of a ticket already stored
 
     _TICKET_COLUMNS = "id, call_id, caller, category, summary, status, created_at"
 
@@ -710,6 +613,131 @@ class SqliteStore(Store):
                 "UPDATE calls SET ended_at = ?, interrupted = 1 WHERE call_id = ?", [(now, c) for c in closed]
             )
         return closed
+
+
+class SqliteStore(SqlStore):
+    """The SQLite store: one connection shared behind a lock (writes are a few rows per turn), WAL journal
+    so other processes can read while a call is being written."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        create: bool = True,
+        timeout_s: float = 5.0,
+        redact_digits: int = DEFAULT_MIN_DIGITS,
+    ) -> None:
+        """`path=None` keeps the database in memory (tests, chat demos); `timeout_s` is how long a write
+        waits for another process's lock before it gives up with a StoreError; `redact_digits` is setting
+        store.redact_digits (see open_store)."""
+        self.path = path.absolute() if path is not None else None
+        self.timeout_s = timeout_s
+        self.redact_digits = check_min_digits(redact_digits, "redact_digits (setting store.redact_digits)")
+        self.owner = process_owner()  # this process, as the calls it starts name it
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        if self.path is not None:
+            if not create and not self.path.is_file():
+                raise StoreError(
+                    f"store {self.path} does not exist: no call has been recorded there yet, or the URL "
+                    f"points at the wrong file (--db, {SETTING_HINT})"
+                )
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"store {self.path}: cannot create its folder {self.path.parent} ({exc.strerror or exc}); "
+                    f"make it writable for this user or point {SETTING_HINT} elsewhere"
+                ) from exc
+        with self._guard("open it"):
+            self._conn = sqlite3.connect(
+                ":memory:" if self.path is None else str(self.path),
+                timeout=timeout_s,
+                isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+                check_same_thread=False,  # shared between call threads, serialized by self._lock
+            )
+            try:
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if self.path is not None and mode.lower() != "wal":
+                    raise StoreError(f"store {self.path}: SQLite refused WAL mode (journal mode is {mode!r})")
+                # FULL: each commit is on disk (the WAL fsync'd) before it returns, so a ticket id the caller
+                # hears survives a power cut; NORMAL could lose the last commits. On the 2-core dev machine a
+                # commit takes ~0.5 ms instead of ~0.15 (p99 ~6 ms, at checkpoints). fullfsync: on macOS fsync
+                # alone leaves the data in the drive's cache.
+                self._conn.execute("PRAGMA synchronous = FULL")
+                self._conn.execute("PRAGMA fullfsync = ON")
+                self._migrate()
+            except BaseException:
+                self.close()
+                raise
+
+    @property
+    def where(self) -> str:
+        """The database file as error messages name it."""
+        return str(self.path) if self.path is not None else ":memory:"
+
+    @property
+    def spool_path(self) -> Path | None:
+        """Beside the database file (`calls.db.spool`): on the same disk, owned by the same user."""
+        return None if self.path is None else self.path.with_name(self.path.name + ".spool")
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn a sqlite3 error into a StoreError that names the file, what failed and what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            name = getattr(exc, "sqlite_errorname", "")
+            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                advice = (
+                    f"another process kept it locked for more than {self.timeout_s:g} s: look for a stuck "
+                    "voicebot or a tool holding it open, then retry"
+                )
+            elif name.startswith("SQLITE_IOERR"):
+                advice = "the disk or file system failed: check the disk, its free space and permissions"
+            else:
+                advice = _ADVICE.get(name, f"check the file, or point {SETTING_HINT} at another database")
+            raise StoreError(f"store {self.where}: cannot {action} ({exc}); {advice}") from exc
+
+    @contextmanager
+    def _transaction(self, action: str, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """See SqlStore; writes take the write lock up front so they never deadlock."""
+        with self._lock, self._guard(action):
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # some errors (disk full, I/O) have rolled back already
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"store {self.where} is closed; open it again with open_store()")
+        return self._conn
+
+    def _migrate(self) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")  # re-read the version under the lock: two workers may start at once
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.where} has schema version {version}, newer than this voicebot knows "
+                    f"({SCHEMA_VERSION}): upgrade voicebot, or point {SETTING_HINT} at another database"
+                )
+            for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

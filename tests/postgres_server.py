@@ -1,0 +1,69 @@
+"""A throwaway PostgreSQL server for the store tests: its own cluster in a temporary folder, on a free loopback
+port, trusting local connections, stopped at the end. It needs PostgreSQL's server programs (Debian's
+`postgresql` package, which .ci/run installs); PostgreSQL refuses to run as root, so as root it runs as the
+`postgres` user the package creates."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import psycopg
+
+SERVER_USER = "postgres"
+
+
+def server_programs() -> Path | None:
+    """The folder with initdb and pg_ctl: on PATH, else Debian's newest /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """`start()` initialises and starts the cluster; `new_database()` gives each test an empty database."""
+
+    def __init__(self, folder: Path, programs: Path) -> None:
+        self.folder, self.programs = folder, programs
+        self.data = folder / "data"
+        self.port = _free_port()
+        self._as_server_user: list[str] = []
+        self._names = itertools.count(1)
+
+    def _run(self, *command: str) -> None:
+        done = subprocess.run([*self._as_server_user, *command], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, SERVER_USER)
+            self._as_server_user = ["runuser", "-u", SERVER_USER, "--"]
+        self._run(str(self.programs / "initdb"), "-D", str(self.data), "-A", "trust", "-U", SERVER_USER, "-E", "UTF8")
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
+        log = self.folder / "server.log"
+        self._run(str(self.programs / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SERVER_USER}@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        name = f"voicebot_test_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._run(str(self.programs / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

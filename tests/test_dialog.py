@@ -33,7 +33,7 @@ MARKDOWN = re.compile(r"[*#_`\[\]|]|https?://|www\.")
 def engine(settings, embedder, llm, tmp_path_factory) -> DialogEngine:
     store = open_store(str(tmp_path_factory.mktemp("dialog") / "calls.db"))
     index = FaqIndex.build_or_load(SAMPLE_KB, embedder, fallback_dir=tmp_path_factory.mktemp("kb-index"))
-    classifier = IntentClassifier.beside(llm, settings.models)
+    classifier = IntentClassifier.beside(llm)
     company = load_knowledge_base(SAMPLE_KB).company
     engine = DialogEngine(settings, embedder, index, llm, classifier, store, company=company)
     engine.warm_up()

@@ -47,7 +47,7 @@ FLOOR = 0.7
 
 @pytest.fixture(scope="module")
 def classifier(llm, settings) -> IntentClassifier:
-    classifier = IntentClassifier.beside(llm, settings.models)
+    classifier = IntentClassifier.beside(llm)
     classifier.warm_up()
     return classifier
 

@@ -145,7 +145,7 @@ STATEMENTS = {
 
 @pytest.fixture(scope="module")
 def classifier(llm, settings) -> IntentClassifier:
-    classifier = IntentClassifier.beside(llm, settings.models)
+    classifier = IntentClassifier.beside(llm)
     classifier.warm_up()
     return classifier
 

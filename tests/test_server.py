@@ -558,8 +558,11 @@ def test_serve_refuses_an_exposed_server_without_a_token(monkeypatch, capsys):
 
 def test_serve_print_config_masks_secrets(monkeypatch, capsys):
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH)
+    monkeypatch.setenv("VOICEBOT_MODELS_LLM_API_KEY", "llm-key-0123456789")
     assert cli.main(["serve", "--port", "9090", "--media-port", "9091", "--print-config"]) == 0
     out = capsys.readouterr().out
-    server = json.loads(out)["server"]
+    settings = json.loads(out)
+    server = settings["server"]
     assert (server["port"], server["media_port"]) == (9090, 9091)
     assert AUTH not in out and server["twilio_auth_token"].startswith("***")
+    assert "0123456789" not in out and settings["models"]["llm_api_key"].startswith("***")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from models import FetchError, ManifestError, MissingArtifact, State, check, fetch, load_manifest
 from models.fetch import remove_stale_partials
 from voicebot.config import ConfigError, Settings, load_settings
 from voicebot.kb import SAMPLE_KB, KbError, load_kb
+from voicebot.llm import LlmError
 from voicebot.store import Store, StoreError, Ticket, mask_number, mask_url, open_store, speak_ticket_id
 
 if TYPE_CHECKING:
@@ -417,6 +419,34 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return run(settings)
 
 
+def cmd_llm_serve(args: argparse.Namespace, settings: Settings) -> NoReturn:
+    from voicebot.llm_server import llm_server_command
+
+    command = llm_server_command(settings.models, settings.dialog, host=args.host, port=args.port)
+    key = "with" if settings.models.llm_api_key else "without"
+    print(
+        f"voicebot: serving the {settings.models.profile} LLM at {command.url} ({key} an API key); point each "
+        f"worker at it: VOICEBOT_MODELS_LLM_URL={command.url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.execve(command.argv[0], command.argv, command.env)  # the server gets our signals (SIGTERM stops it)
+
+
+def _add_llm_serve_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "llm-serve",
+        help="serve the LLM to several workers (an OpenAI-compatible endpoint)",
+        description="Run llama-cpp-python's OpenAI-compatible server on the profile's LLM, for workers that set "
+        "models.llm_url (VOICEBOT_MODELS_LLM_URL) to the URL it prints instead of each loading the model. "
+        "models.llm_api_key (VOICEBOT_MODELS_LLM_API_KEY), when set, is the key it requires; give the workers "
+        "the same. Threads: models.threads; context: dialog.llm_context.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port (default: 8000)")
+    p.set_defaults(handler=cmd_llm_serve)
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "serve",
@@ -690,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kb_parser(commands)
     _add_chat_parser(commands)
     _add_serve_parser(commands)
+    _add_llm_serve_parser(commands)
     _add_voice_parsers(commands)
     return parser
 
@@ -700,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         return args.handler(args, settings)
-    except (ConfigError, ManifestError, FetchError, MissingArtifact, StoreError, KbError) as exc:
+    except (ConfigError, ManifestError, FetchError, MissingArtifact, StoreError, KbError, LlmError) as exc:
         print(f"voicebot: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

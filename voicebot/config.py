@@ -18,7 +18,7 @@ from pathlib import Path
 
 from models.fetch import default_models_dir
 
-SECRET_FIELDS = {("server", "twilio_auth_token")}
+SECRET_FIELDS = {("server", "twilio_auth_token"), ("models", "llm_api_key")}
 
 
 class ConfigError(ValueError):
@@ -35,6 +35,14 @@ class ModelSettings:
     stt_path: Path | None = None
     tts_path: Path | None = None
     embedder_path: Path | None = None
+    # An OpenAI-compatible chat endpoint that writes the replies instead of the model in this process, so several
+    # workers share one LLM server: llama.cpp's server, llama-cpp-python's, vLLM (e.g. http://10.0.0.5:8000/v1).
+    # llm_model is the model name it serves (empty: the first its /models lists); llm_api_key is sent as a Bearer
+    # token; llm_timeout_s bounds connecting, and each wait for the next piece of a reply.
+    llm_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = ""
+    llm_timeout_s: float = 30.0
 
 
 @dataclass

@@ -36,7 +36,7 @@ from voicebot.intents import (
     read_cues,
 )
 from voicebot.kb import Company, load_knowledge_base
-from voicebot.llm import LlamaChat, Message, load_llm
+from voicebot.llm import ChatModel, Message, load_llm
 from voicebot.reply_writer import ReplyWriter, Written
 from voicebot.retrieval import FaqIndex
 from voicebot.routes import CallAction, DialogState, HandoffReason, Offer, ReplyKind, Route, Stage
@@ -135,7 +135,7 @@ class DialogEngine:
         settings: Settings,
         embedder: Embedder,
         index: FaqIndex,
-        llm: LlamaChat,
+        llm: ChatModel,
         classifier: IntentClassifier,
         recorder: Recorder,
         *,
@@ -165,7 +165,7 @@ class DialogEngine:
         embedder = load_embedder(settings.models)
         index = load_calibrated_index(settings, kb_path, embedder, progress=progress)
         llm = load_llm(settings.models, settings.dialog)
-        classifier = IntentClassifier.beside(llm, settings.models)
+        classifier = IntentClassifier.beside(llm)
         return cls(settings, embedder, index, llm, classifier, store, company=kb.company)
 
     def warm_up(self) -> float:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voicebot.config import ModelSettings
 from voicebot.jsonfile import read_json
-from voicebot.llm import LlamaChat, Message
+from voicebot.llm import ChatModel, Message
 from voicebot.prompts import INTENT_LABELS, classifier_prefix
 from voicebot.retrieval import TextEncoder
 
@@ -361,15 +360,14 @@ class IntentClassifier:
     cached and a label costs only the caller's words (~15 tokens) plus one generated token.
     """
 
-    def __init__(self, llm: LlamaChat) -> None:
+    def __init__(self, llm: ChatModel) -> None:
         self.llm = llm
         self._prefix = classifier_prefix()
 
     @classmethod
-    def beside(cls, llm: LlamaChat, models: ModelSettings, context: int = 1024) -> IntentClassifier:
-        """A classifier on a second llama.cpp context over `llm`'s GGUF file. The weights are memory-mapped,
-        so the second context costs its KV cache and buffers (tens of MB), not another copy of the model."""
-        return cls(LlamaChat(llm.path, context=context, threads=models.threads))
+    def beside(cls, llm: ChatModel, context: int = 1024) -> IntentClassifier:
+        """A classifier on a context of its own beside `llm`'s (`ChatModel.sibling`)."""
+        return cls(llm.sibling(context))
 
     def warm_up(self) -> None:
         """Evaluate the static prompt once so the first caller doesn't pay for it."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from voicebot import grounding, prompts
 from voicebot.config import DialogSettings
-from voicebot.llm import LlamaChat, Message
+from voicebot.llm import ChatModel, Message
 from voicebot.retrieval import Hit
 from voicebot.routes import Route
 
@@ -48,7 +48,7 @@ class Written:
 class ReplyWriter:
     """Streams the LLM's reply for one turn as checked, speakable sentences. Shared by all calls."""
 
-    def __init__(self, llm: LlamaChat, dialog: DialogSettings, company_name: str) -> None:
+    def __init__(self, llm: ChatModel, dialog: DialogSettings, company_name: str) -> None:
         self.llm = llm
         self.dialog = dialog
         self.known = (company_name,) if company_name else ()  # the bot may always name its own company

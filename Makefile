@@ -14,7 +14,7 @@ AVX512 := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo ON || echo 
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$(AVX512)
 PROFILE ?= embedded
 
-.PHONY: install models demo test test-full eval bench soak lint clean
+.PHONY: install models postgres demo cluster-demo test test-full eval bench soak lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ models: install
 
 demo: models
 	$(BIN)/python -m telephony.demo
+
+# Debian's PostgreSQL server programs (the store tests run on a server of their own; cluster-demo's database).
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# Two workers, one PostgreSQL database, one shared LLM server, all on loopback; simulated calls on both workers.
+cluster-demo: models postgres
+	$(BIN)/python -m telephony.cluster_demo
 
 test: models
 	$(BIN)/pytest -q

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from postgres_server import PostgresServer, server_programs
 from server_harness import AC, AUTH
 
 from telephony.fake_twilio import FakeTwilio
+from telephony.local_postgres import PostgresServer, server_programs
 from voicebot.config import Settings, load_settings
 
 
@@ -92,10 +92,10 @@ def patient_agent(settings, loaded_agent):
 
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A PostgreSQL server of the session's own (see postgres_server.py); skipped where none is installed."""
+    """A PostgreSQL server of the session's own (telephony/local_postgres.py); skipped where none is installed."""
     programs = server_programs()
     if programs is None:
-        pytest.skip("PostgreSQL's server programs are not installed (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL's server programs are not installed (`make postgres` installs Debian's postgresql)")
     # Not under pytest's own temporary folder: that is private to this user, and the server may run as another.
     folder = Path(tempfile.mkdtemp(prefix="voicebot-postgres-"))
     server = PostgresServer(folder, programs)

@@ -14,14 +14,11 @@ from pathlib import Path
 import pytest
 
 from voicebot.config import ConfigError, ModelSettings, Settings
-from voicebot.dialog import DialogEngine
-from voicebot.intents import IntentClassifier
 from voicebot.kb import SAMPLE_KB, KbEntry, load_knowledge_base
 from voicebot.llm import LlmError, Message, load_llm
 from voicebot.llm_endpoint import EndpointChat
 from voicebot.reply_writer import ReplyWriter, Written
-from voicebot.retrieval import FaqIndex, Hit, Match
-from voicebot.store import new_call_id, open_store
+from voicebot.retrieval import Hit, Match
 
 pytestmark = pytest.mark.models  # the embedded LLM, served
 
@@ -119,41 +116,6 @@ def test_an_invented_number_is_refused_whichever_backend_wrote_it(backend, llm, 
     assert written.first_token_ms is not None  # the model wrote, and was refused:
     assert [sentence for sentence, _ in written.refused] == ["Shipping costs 42 dollars."]
     assert said == [entry.answer] and written.fell_back_to == "shipping"
-
-
-@pytest.fixture(scope="module")
-def endpoint_engine(settings, embedder, endpoint, tmp_path_factory) -> DialogEngine:
-    folder = tmp_path_factory.mktemp("endpoint-dialog")
-    store = open_store(f"sqlite:///{folder}/calls.db")
-    index = FaqIndex.build_or_load(SAMPLE_KB, embedder, fallback_dir=folder)
-    company = load_knowledge_base(SAMPLE_KB).company
-    classifier = IntentClassifier.beside(endpoint)
-    engine = DialogEngine(settings, embedder, index, endpoint, classifier, store, company=company)
-    engine.warm_up()
-    yield engine
-    store.close()
-
-
-def test_a_call_on_the_endpoint_is_routed_answered_and_recorded(endpoint_engine: DialogEngine):
-    conversation = endpoint_engine.conversation(new_call_id("chat"), None, "chat")
-    lines = {
-        "can I collect it from your shop myself": "faq",
-        "I'd like to send back a jacket I bought last week": "llm",
-        "do you sell car tyres": "fallback",
-        "can I talk to a person": "handoff",
-    }
-    for text, route in lines.items():
-        reply = conversation.respond(text)
-        spoken = " ".join(reply.sentences)
-        conversation.commit(reply, spoken, interrupted=False, latency_ms={})
-        # An LLM reply the grounding check refused is read from its entry instead (route faq).
-        assert reply.route == route or (route == "llm" and reply.route == "faq"), (text, reply.route, spoken)
-        if route == "llm":
-            assert reply.llm_first_token_ms is not None and "return" in spoken.lower(), spoken
-        if text == "do you sell car tyres":
-            assert not spoken.lower().startswith("yes"), spoken
-    turns = endpoint_engine.store.get_call(conversation.call_id)["turns"]
-    assert [turn["caller_text"] for turn in turns if turn["caller_text"]] == list(lines)
 
 
 def test_a_wrong_key_and_a_dead_endpoint_fail_naming_what_to_fix(llm_server: LlmServer, settings):

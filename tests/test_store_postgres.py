@@ -1,4 +1,4 @@
-"""The PostgreSQL store on a real server (the session's own, see postgres_server.py): what several workers on one
+"""The PostgreSQL store on a real server (the session's own, telephony/local_postgres.py): what several workers on one
 database need beyond the behaviour every store shares (tests/test_store.py runs those on both)."""
 
 from __future__ import annotations

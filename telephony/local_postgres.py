@@ -1,7 +1,7 @@
-"""A throwaway PostgreSQL server for the store tests: its own cluster in a temporary folder, on a free loopback
-port, trusting local connections, stopped at the end. It needs PostgreSQL's server programs (Debian's
-`postgresql` package, which .ci/run installs); PostgreSQL refuses to run as root, so as root it runs as the
-`postgres` user the package creates."""
+"""A throwaway PostgreSQL server for the store tests and `make cluster-demo`: its own cluster in a folder, on a
+free loopback port, trusting local connections, stopped at the end. It needs PostgreSQL's server programs
+(Debian's `postgresql` package, which `make postgres` installs); PostgreSQL refuses to run as root, so as root it
+runs as the `postgres` user the package creates."""
 
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """`start()` initialises and starts the cluster; `new_database()` gives each test an empty database."""
+    """`start()` initialises and starts the cluster; `new_database()` gives each test an empty database.
+
+    As root, `folder` is handed to the server's user, so it must be a folder of its own that user can reach (not
+    inside another private temporary folder)."""
 
     def __init__(self, folder: Path, programs: Path) -> None:
         self.folder, self.programs = folder, programs
@@ -41,6 +44,7 @@ class PostgresServer:
         self.port = _free_port()
         self._as_server_user: list[str] = []
         self._names = itertools.count(1)
+        self.running = False
 
     def _run(self, *command: str) -> None:
         done = subprocess.run([*self._as_server_user, *command], capture_output=True, text=True, check=False)
@@ -55,15 +59,21 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
         log = self.folder / "server.log"
         self._run(str(self.programs / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start")
+        self.running = True
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SERVER_USER}@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
-        name = f"voicebot_test_{next(self._names)}"
+    def new_database(self, name: str = "") -> str:
+        """Create an empty database (a fresh name by default) and return its URL."""
+        name = name or f"voicebot_test_{next(self._names)}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
     def stop(self) -> None:
+        """Stop the server if it was started (a no-op otherwise, so a failed start can be cleaned up the same way)."""
+        if not self.running:
+            return
+        self.running = False
         self._run(str(self.programs / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")

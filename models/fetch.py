@@ -29,6 +29,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from models.manifest import Artifact, ArtifactFile
+from voicebot.data_dir import data_dir, source_checkout
 
 CHUNK = 1 << 20
 STAMP_NAME = ".verified.json"
@@ -68,9 +69,12 @@ class ArtifactStatus:
 
 
 def default_models_dir() -> Path:
-    """`VOICEBOT_MODELS_DIR`, else `models/cache/` beside the manifest (git-ignored)."""
+    """`VOICEBOT_MODELS_DIR`, else `models/cache/` in a source checkout (git-ignored), else `models/` in the data
+    folder of an installed voicebot (voicebot.data_dir): never inside site-packages."""
     env = os.environ.get("VOICEBOT_MODELS_DIR")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent / "cache"
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent / "cache" if source_checkout() else data_dir() / "models"
 
 
 def artifact_dir(artifact: Artifact, models_dir: Path) -> Path:

@@ -37,34 +37,57 @@ DIAL_PATH = "/dial-result"  # Twilio's report on a hand-off's <Dial>: answered, 
 
 @dataclass(frozen=True)
 class PublicUrls:
-    """The URLs Twilio uses to reach this server; signatures are computed over exactly these."""
+    """The URLs Twilio uses to reach this server; signatures are computed over exactly these.
+
+    `origin` is where the number's voice webhook goes: with several workers behind one proxy, any of them.
+    `own` is this worker's own origin (server.worker_url): the media stream, its status callback and the
+    hand-off's dial result must come back to the worker that answered the call (its one-time stream token and
+    hand-off state live there), so the TwiML names them under `own`. With one worker the two are the same."""
 
     origin: str  # https://host[/prefix], or the local http://host:port when no public URL is set
     stream_url: str  # wss://host[/prefix]/media, or ws://host:media_port/media locally
     status_url: str
+    own: str = ""  # this worker's https origin; empty: `origin`
 
     @classmethod
     def from_settings(cls, server: ServerSettings) -> PublicUrls:
         if not server.public_url:
+            if server.worker_url:
+                raise ConfigError(
+                    f"server.worker_url is {server.worker_url!r} but server.public_url is not set: the worker's URL "
+                    "only means something beside the number's public URL (VOICEBOT_PUBLIC_URL)"
+                )
             host = f"[{server.host}]" if ":" in server.host else server.host
             origin = f"http://{host}:{server.port}"
             return cls(origin, f"ws://{host}:{server.media_port}{MEDIA_PATH}", origin + STATUS_PATH)
-        parts = urlsplit(server.public_url)
-        if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
-            raise ConfigError(
-                f"server.public_url {server.public_url!r} must be an https:// URL with no query, e.g. "
-                "https://bot.example.com (Twilio reaches the media socket over wss:// on the same host)"
-            )
-        origin = server.public_url.rstrip("/")
-        return cls(origin, "wss://" + origin.removeprefix("https://") + MEDIA_PATH, origin + STATUS_PATH)
+        origin = _https_origin(server.public_url, "server.public_url")
+        own = _https_origin(server.worker_url, "server.worker_url") if server.worker_url else origin
+        return cls(origin, "wss://" + own.removeprefix("https://") + MEDIA_PATH, own + STATUS_PATH, own)
 
     @property
     def dial_url(self) -> str:
-        return self.origin + DIAL_PATH
+        return (self.own or self.origin) + DIAL_PATH
 
     def webhook_url(self, path_qs: str) -> str:
         """The URL Twilio requested, for a request that reached us at `path_qs` (path plus query string)."""
         return self.origin + path_qs
+
+    def webhook_urls(self, path_qs: str) -> list[str]:
+        """The URLs a request reaching us at `path_qs` may have been sent to: the number's, or this worker's own."""
+        urls = [self.origin + path_qs]
+        if self.own and self.own != self.origin:
+            urls.append(self.own + path_qs)
+        return urls
+
+
+def _https_origin(url: str, setting: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{setting} {url!r} must be an https:// URL with no query, e.g. https://bot.example.com (Twilio reaches "
+            "the media socket over wss:// on the same host)"
+        )
+    return url.rstrip("/")
 
 
 class SignatureChecker:
@@ -80,10 +103,13 @@ class SignatureChecker:
         return self._validator is not None
 
     def webhook_ok(self, path_qs: str, params: Mapping[str, str], signature: str | None) -> bool:
-        """A webhook request: the public URL of `path_qs` plus its POST parameters (none for GET)."""
+        """A webhook request: the public URL of `path_qs` (the number's, or this worker's own) plus its POST
+        parameters (none for GET)."""
         if self._validator is None:
             return True
-        return bool(signature) and self._validator.validate(self.urls.webhook_url(path_qs), params, signature)
+        return bool(signature) and any(
+            self._validator.validate(url, params, signature) for url in self.urls.webhook_urls(path_qs)
+        )
 
     def upgrade_ok(self, signature: str | None) -> bool:
         """The media WebSocket upgrade: the `wss://` stream URL as the TwiML wrote it, no parameters."""

@@ -35,6 +35,26 @@ def test_public_urls_follow_the_configured_origin():
     assert (local.origin, local.stream_url) == ("http://127.0.0.1:8080", "ws://127.0.0.1:8081/media")
 
 
+def test_a_worker_behind_a_shared_number_has_the_call_come_back_to_its_own_url():
+    """Several workers, one number: the webhook may reach any worker, the call's stream, status and dial result
+    must reach the one that answered (its token and hand-off state are there)."""
+    worker = ServerSettings(public_url=PUBLIC, worker_url="https://bot.example.com/w2/", twilio_auth_token=TOKEN)
+    urls = PublicUrls.from_settings(worker)
+    assert urls.stream_url == "wss://bot.example.com/w2/media"
+    assert urls.status_url == "https://bot.example.com/w2/stream-status"
+    assert urls.dial_url == "https://bot.example.com/w2/dial-result"
+    check = SignatureChecker(TOKEN, urls)
+    assert check.webhook_ok("/twiml", FORM, sign(PUBLIC + "/twiml", FORM))  # the number's webhook
+    assert check.webhook_ok("/dial-result", FORM, sign("https://bot.example.com/w2/dial-result", FORM))
+    assert not check.webhook_ok("/dial-result", FORM, sign("https://bot.example.com/w1/dial-result", FORM))
+    assert check.upgrade_ok(sign("wss://bot.example.com/w2/media", {}))
+    assert not check.upgrade_ok(sign("wss://bot.example.com/media", {}))
+    with pytest.raises(ConfigError, match=r"server\.worker_url .* must be an https:// URL"):
+        PublicUrls.from_settings(ServerSettings(public_url=PUBLIC, worker_url="http://10.0.0.2:8080"))
+    with pytest.raises(ConfigError, match=r"server\.worker_url .* server\.public_url is not set"):
+        PublicUrls.from_settings(ServerSettings(worker_url="https://bot.example.com/w2"))
+
+
 @pytest.mark.parametrize("url", ["http://bot.example.com", "bot.example.com", "https://bot.example.com/?a=1"])
 def test_a_public_url_twilio_cannot_stream_to_is_refused(url):
     with pytest.raises(ConfigError, match=r"server\.public_url .* must be an https:// URL"):

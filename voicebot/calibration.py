@@ -453,7 +453,6 @@ def load_calibrated_index(
         kb_path,
         embedder,
         progress=progress,
-        fallback_dir=settings.models.dir / "kb-index",
         default_thresholds=Thresholds.from_settings(settings.dialog),
     )
     if index.thresholds.source is ThresholdSource.DEFAULT:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 from models import FetchError, ManifestError, MissingArtifact, State, check, fetch, load_manifest
 from models.fetch import remove_stale_partials
 from voicebot.config import ConfigError, Settings, load_settings
+from voicebot.data_dir import PACKAGES_ROOT, data_dir
 from voicebot.kb import SAMPLE_KB, KbError, load_kb
 from voicebot.llm import LlmError
 from voicebot.store import Store, StoreError, Ticket, mask_number, mask_url, open_store, speak_ticket_id
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from voicebot.dialog import Conversation, Reply
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+SAMPLE_CALLS = PACKAGES_ROOT / "samples" / "calls"  # in a source checkout (not shipped in the package)
 
 
 def _human_size(size: float) -> str:
@@ -259,9 +261,7 @@ def cmd_kb_build(args: argparse.Namespace, settings: Settings) -> int:
     load_kb(kb_path)  # a broken file fails in milliseconds, before the embedder takes seconds to load
     embedder = load_embedder(settings.models)
     started = time.monotonic()
-    index = FaqIndex.build_or_load(
-        kb_path, embedder, progress=not args.quiet, rebuild=True, fallback_dir=settings.models.dir / "kb-index"
-    )
+    index = FaqIndex.build_or_load(kb_path, embedder, progress=not args.quiet, rebuild=True)
     print(f"knowledge base: {kb_path}")
     print(f"entries: {len(index.entries)}")
     print(f"vectors: {index.vectors}")
@@ -282,7 +282,6 @@ def cmd_kb_check(args: argparse.Namespace, settings: Settings) -> int:
         kb_path,
         embedder,
         progress=not args.quiet,
-        fallback_dir=settings.models.dir / "kb-index",
         default_thresholds=Thresholds.from_settings(settings.dialog),
     )
     report = check_kb(index, load_out_of_scope(), progress=not args.quiet)
@@ -309,7 +308,7 @@ def _add_kb_parser(commands: argparse._SubParsersAction) -> None:
         "build",
         help="validate the knowledge base and (re)build its search index",
         description="Validate the knowledge base, embed its questions and save the search index beside it "
-        "(in .voicebot-index/, or under the models folder when that folder is read-only). The voice agent "
+        "(in .voicebot-index/, or in the data folder's kb-index/ when that folder is read-only). The voice agent "
         "rebuilds the index by itself when the file changes; run this to check a new file or to build ahead.",
     )
     p.add_argument(
@@ -613,12 +612,15 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from voicebot.bench import bench
 
     calls = sorted(args.calls.glob("*.wav")) if args.calls.is_dir() else [args.calls]
-    if not calls:
-        print(f"voicebot: error: no .wav recordings in {args.calls}", file=sys.stderr)
+    if not calls or not calls[0].is_file():
+        print(
+            f"voicebot: error: no .wav recordings at {args.calls}: give --calls a recording or a folder of them",
+            file=sys.stderr,
+        )
         return 2
     started = time.perf_counter()
     agent = _load_agent(args, settings)
-    out = args.out or Path("bench/results") / time.strftime("bench-%Y%m%dT%H%M%SZ.json", time.gmtime())
+    out = args.out or data_dir() / "bench" / time.strftime("bench-%Y%m%dT%H%M%SZ.json", time.gmtime())
     bench(agent, calls, runs=args.runs, speed=args.speed, load_s=time.perf_counter() - started, out=out)
     return 0
 
@@ -670,10 +672,10 @@ def _add_voice_parsers(commands: argparse._SubParsersAction) -> None:
         "targets: knowledge-base answer < 700 ms, LLM answer < 1200 ms, bot silent < 400 ms (p50). Writes the "
         "report as JSON.",
     )
-    p.add_argument("--calls", type=Path, default=Path("samples/calls"), help="a .wav or a folder of them")
+    p.add_argument("--calls", type=Path, default=SAMPLE_CALLS, help="a .wav or a folder of them (default: the samples)")
     p.add_argument("--runs", type=_positive_int, default=2, help="replays of each call (default 2)")
     p.add_argument("--speed", type=float, default=1.0, help="1 = real time (the honest number; default)")
-    p.add_argument("--out", type=Path, help="JSON report path (default bench/results/bench-<time>.json)")
+    p.add_argument("--out", type=Path, help="JSON report path (default: <data folder>/bench/bench-<time>.json)")
     agent_options(p)
     p.set_defaults(handler=cmd_bench)
 

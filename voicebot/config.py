@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.fetch import default_models_dir
+from voicebot.data_dir import default_store_url
 
 SECRET_FIELDS = {("server", "twilio_auth_token"), ("models", "llm_api_key")}
 
@@ -123,9 +124,9 @@ class VoiceSettings:
 
 @dataclass
 class StoreSettings:
-    # sqlite:///path.db (one machine), or postgresql://user:password@host:port/database for several workers on
-    # one database (voicebot/store_postgres.py).
-    url: str = "sqlite:///var/voicebot.db"
+    # sqlite:///path.db (one machine; default voicebot.db in the data folder), or
+    # postgresql://user:password@host:port/database for several workers on one database (voicebot/store_postgres.py).
+    url: str = field(default_factory=default_store_url)  # var/voicebot.db in a checkout; see voicebot.data_dir
     # Runs of at least this many digits the caller says (card, account, IBAN and phone numbers) are stored as
     # "[redacted]" in transcripts and ticket summaries; 0 stores them as heard. 8 keeps prices, years, dates,
     # order numbers up to 7 digits and ticket ids (why: voicebot/redaction.py); 1 to 6 would eat those, refused.
@@ -152,6 +153,11 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     public_url: str = ""
+    # Several workers answering one number behind one proxy: this worker's own https URL (e.g.
+    # https://bot.example.com/w1, which the proxy routes to this worker with the /w1 prefix removed). The call's
+    # media stream, stream status and hand-off result come back there, to the worker holding the call's state;
+    # the number's webhook (public_url + /twiml) may reach any worker. Empty: public_url (one worker).
+    worker_url: str = ""
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
     human_number: str = ""

@@ -27,7 +27,7 @@ It lives in `<kb folder>/.voicebot-index/<kb file name>.<key>.faiss` with a `.js
 identity (a fingerprint of the vector it gives a fixed probe sentence, so a different or changed model never
 reuses stale vectors) and `INDEX_FORMAT`. Editing the file changes the key, so the next `build_or_load` rebuilds,
 drops the thresholds calibrated for the old text and removes the stale files. When the KB's folder is not
-writable (a read-only mount, a shared folder), the index goes under `<models dir>/kb-index/` instead, named with
+writable (a read-only mount, a shared folder), the index goes under `<data folder>/kb-index/` instead, named with
 a hash of the KB's path so two knowledge bases with the same file name don't clash. Files are written to a
 temporary name and renamed, the sidecar last, so a killed build never leaves a pair that loads.
 """
@@ -52,8 +52,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from models.fetch import default_models_dir
 from voicebot.config import DialogSettings
+from voicebot.data_dir import data_dir
 from voicebot.kb import KbEntry, parse_kb, read_kb_bytes
 
 log = logging.getLogger(__name__)
@@ -216,9 +216,9 @@ class FaqIndex:
         """Load the persisted index for `kb_path` if it matches the file and embedder, else build and persist it.
 
         `fallback_dir` is where the index goes when the KB's own folder is read-only (default
-        `<models dir>/kb-index`); `rebuild` ignores any persisted index (calibrated thresholds stay: they depend
-        only on the key). `default_thresholds` (else `DialogSettings()`'s) apply when `kb check` never calibrated
-        this KB.
+        `<data folder>/kb-index`, voicebot.data_dir); `rebuild` ignores any persisted index (calibrated thresholds
+        stay: they depend only on the key). `default_thresholds` (else `DialogSettings()`'s) apply when `kb check`
+        never calibrated this KB.
         """
         kb_path = Path(kb_path)
         data = read_kb_bytes(kb_path)
@@ -227,7 +227,7 @@ class FaqIndex:
         key = hashlib.sha256(data + f"\0{identity}\0{INDEX_FORMAT}".encode()).hexdigest()
         folders = [
             (kb_path.parent / CACHE_FOLDER, kb_path.name),
-            (fallback_dir or default_models_dir() / "kb-index", _fallback_prefix(kb_path)),
+            (fallback_dir or data_dir() / "kb-index", _fallback_prefix(kb_path)),
         ]
         rows = index_rows(entries)
 

@@ -16,7 +16,7 @@ from voicebot.config import DialogSettings, ModelSettings
 from voicebot.llm import N_BATCH
 from voicebot.model_paths import model_path
 
-PROMPT_CACHE_BYTES = 512 << 20  # prompt states kept for reuse: each is the KV of one prefix, a few MB to ~25 MB
+PROMPT_CACHE_BYTES = 512 << 20  # prompt states kept for reuse (the reply and classifier prefixes, and recent turns)
 
 
 @dataclass(frozen=True)

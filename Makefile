@@ -56,7 +56,7 @@ cluster-demo: models postgres
 test: models
 	$(BIN)/pytest -q
 
-# The suite with the cases it leaves out to stay short: all six businesses' KB evaluations (it runs three) and
+# The suite with the cases it leaves out to stay short: all six businesses' KB evaluations (it runs two) and
 # every sample call through the real server in real time (it runs nine; all run lock-step in test_voice_calls).
 test-full: models
 	$(BIN)/pytest -q --full

@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import psycopg
+
+from telephony.demo import free_port
 
 SERVER_USER = "postgres"
 
@@ -26,12 +27,6 @@ def server_programs() -> Path | None:
     return found[-1].parent if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     """`start()` initialises and starts the cluster; `new_database()` gives each test an empty database.
 
@@ -41,7 +36,7 @@ class PostgresServer:
     def __init__(self, folder: Path, programs: Path) -> None:
         self.folder, self.programs = folder, programs
         self.data = folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_server_user: list[str] = []
         self._names = itertools.count(1)
         self.running = False

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from telephony.demo import free_port
 from voicebot.config import ConfigError, ModelSettings, Settings
 from voicebot.kb import SAMPLE_KB, KbEntry, load_knowledge_base
 from voicebot.llm import LlmError, Message, load_llm
@@ -26,17 +26,11 @@ KEY = "test-only-key-7Qx2"
 STARTUP_S = 120.0  # a busy CI machine loads the model slowly; connect() returns as soon as it answers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LlmServer:
     """`voicebot llm-serve` in a child process, as an operator starts it."""
 
     def __init__(self, settings: Settings, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}/v1"
+        self.url = f"http://127.0.0.1:{free_port()}/v1"
         env = {**os.environ, "VOICEBOT_MODELS_DIR": str(settings.models.dir), "VOICEBOT_MODELS_LLM_API_KEY": KEY}
         self.log = log
         with log.open("wb") as out:
@@ -121,7 +115,7 @@ def test_an_invented_number_is_refused_whichever_backend_wrote_it(backend, llm, 
 def test_a_wrong_key_and_a_dead_endpoint_fail_naming_what_to_fix(llm_server: LlmServer, settings):
     with pytest.raises(LlmError, match=r"HTTP 401.*models\.llm_api_key"):
         EndpointChat.connect(dataclasses.replace(llm_server.models(), llm_api_key="wrong"))
-    dead = ModelSettings(llm_url=f"http://127.0.0.1:{_free_port()}/v1", llm_timeout_s=0.5)
+    dead = ModelSettings(llm_url=f"http://127.0.0.1:{free_port()}/v1", llm_timeout_s=0.5)
     with pytest.raises(LlmError, match=r"did not answer.*models\.llm_url"):
         load_llm(dead, settings.dialog)
     with pytest.raises(ConfigError, match=r"models\.llm_url.*http://"):
